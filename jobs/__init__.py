@@ -1,0 +1,1 @@
+"""The worker's jobs, one module per job: thin coroutines over pure helpers."""

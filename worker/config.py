@@ -1,0 +1,260 @@
+"""Configuration: one pydantic-settings class, read from the environment and an env file.
+
+Every setting can be given as ``EVENTWORKER_<NAME>``; the two URLs also as plain
+``DATABASE_URL`` and ``REDIS_URL``, as hosting platforms hand them out.
+``settings.env.example`` lists them all with their defaults.
+
+Nothing is read at import: call :func:`load_settings`. Invalid values become one
+:class:`~worker.errors.ConfigError` naming the variable, never a driver traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from worker.constants import DEFAULT_QUEUE, MAX_APPLICATION_NAME
+from worker.errors import ConfigError
+
+ENV_PREFIX = "EVENTWORKER_"
+DEFAULT_ENV_FILE = "settings.env"
+
+#: Async drivers we support, by SQLAlchemy drivername.
+ASYNC_DRIVERS = frozenset(
+    {
+        "postgresql+asyncpg",
+        "postgresql+psycopg",
+        "postgresql+psycopg_async",
+        "mysql+aiomysql",
+        "mysql+asyncmy",
+        "sqlite+aiosqlite",
+    }
+)
+
+#: Bare schemes as hosting platforms hand them out, and what they mean here.
+_BARE_SCHEMES = {
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",  # SQLAlchemy 2.1 alone would pick psycopg
+    "mysql": "mysql+aiomysql",
+    "mariadb": "mysql+aiomysql",
+}
+
+#: What to use instead of a synchronous driver, by backend.
+_ASYNC_ALTERNATIVE = {
+    "postgresql": "postgresql+asyncpg:// (or postgresql+psycopg://)",
+    "mysql": "mysql+aiomysql:// (or mysql+asyncmy://)",
+    "mariadb": "mysql+aiomysql:// (or mysql+asyncmy://)",
+    "sqlite": "sqlite+aiosqlite:///path/to/file.db",
+}
+
+MEMORY_REDIS = "memory://"
+
+
+def redact_url(url: str | URL) -> str:
+    """``url`` with its password replaced by ``***``; unparseable text is replaced whole."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except ArgumentError:
+        return "<unparseable URL>"
+    return parsed.render_as_string(hide_password=True)
+
+
+def normalize_database_url(raw: str) -> str:
+    """Return the async SQLAlchemy URL for ``raw``, or raise ConfigError naming DATABASE_URL.
+
+    Bare ``postgres://``/``postgresql://`` mean asyncpg; synchronous drivers are refused
+    with the async driver to use instead.
+    """
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ConfigError(
+            "DATABASE_URL", "is not a database URL (expected e.g. postgresql://host/db)"
+        ) from None
+    name = url.drivername
+    if name in _BARE_SCHEMES:
+        url = url.set(drivername=_BARE_SCHEMES[name])
+    elif name == "sqlite":
+        raise ConfigError(
+            "DATABASE_URL",
+            f"{redact_url(url)} uses the synchronous sqlite3 driver; use {_ASYNC_ALTERNATIVE['sqlite']}",
+        )
+    if url.drivername not in ASYNC_DRIVERS:
+        backend = url.get_backend_name()
+        alternative = _ASYNC_ALTERNATIVE.get(backend)
+        if alternative:
+            raise ConfigError(
+                "DATABASE_URL",
+                f"driver {url.drivername!r} is synchronous or unsupported; use {alternative}",
+            )
+        raise ConfigError(
+            "DATABASE_URL", f"unsupported database {backend!r}; supported: {', '.join(sorted(ASYNC_DRIVERS))}"
+        )
+    return url.render_as_string(hide_password=False)
+
+
+def default_application_name() -> str:
+    """``eventworker:<host>:<pid>``, cut to what PostgreSQL keeps."""
+    pid = str(os.getpid())
+    room = MAX_APPLICATION_NAME - len("eventworker::") - len(pid)
+    return f"eventworker:{socket.gethostname()[:room]}:{pid}"
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class Settings(BaseSettings):
+    """Everything a worker, a producer or the CLI can be told, with its default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    database_url: str = Field(
+        "postgresql+asyncpg://postgres@localhost:5432/eventworker",
+        validation_alias=AliasChoices("DATABASE_URL", "EVENTWORKER_DATABASE_URL"),
+        description="SQLAlchemy URL with an async driver; bare postgresql:// means asyncpg.",
+    )
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "EVENTWORKER_REDIS_URL"),
+        description="Redis URL (redis://, rediss://, unix://); memory:// is the demo's in-process stand-in.",
+    )
+    queue_name: str = Field(DEFAULT_QUEUE, description="arq queue (Redis sorted set) to consume.")
+    db_pool_size: PositiveInt = Field(5, description="Connections kept open per worker process.")
+    db_max_overflow: Annotated[int, Field(ge=0)] = Field(
+        5, description="Extra connections allowed under load."
+    )
+    db_pool_timeout: PositiveFloat = Field(
+        30.0, description="Seconds a job waits for a free connection before failing (and being retried)."
+    )
+    db_pool_pre_ping: bool = Field(
+        True, description="Test a pooled connection before use (survives restarts)."
+    )
+    application_name: str | None = Field(
+        None, description="Name tagging every database connection; default eventworker:<host>:<pid>."
+    )
+    tag_job_transactions: bool = Field(
+        True, description="Add the job name to application_name while a job's transaction runs (PostgreSQL)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Lowest level logged."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="json for containers, console (coloured) for a terminal; auto picks by stderr."
+    )
+    max_jobs: PositiveInt = Field(10, description="Jobs one worker process runs at once (arq max_jobs).")
+    poll_delay: PositiveFloat = Field(
+        0.05, description="Seconds between queue polls; arq's 0.5 caps a worker at max_jobs/0.5 jobs/s."
+    )
+    job_timeout: PositiveFloat = Field(
+        60.0, description="Seconds a job may run; an interrupted job is re-run after this + 10 s."
+    )
+    max_tries: PositiveInt = Field(5, description="Tries per job before it is recorded as failed.")
+    retry_base_delay: PositiveFloat = Field(1.0, description="Back-off before the 2nd try, doubled each try.")
+    retry_max_delay: PositiveFloat = Field(60.0, description="Longest back-off between two tries.")
+    health_check_interval: PositiveFloat = Field(
+        10.0, description="Seconds between health-check heartbeats written to Redis."
+    )
+    keep_result: Annotated[float, Field(ge=0)] = Field(
+        3600.0, description="Seconds arq keeps a job's result in Redis."
+    )
+    batch_size: PositiveInt = Field(500, description="Events per ingest job when a producer splits a list.")
+    max_event_bytes: PositiveInt = Field(
+        1_048_576, description="Largest accepted event, as JSON; larger ones become dead letters."
+    )
+    startup_wait: Annotated[float, Field(ge=0)] = Field(
+        30.0, description="Seconds a starting worker waits for the database before giving up."
+    )
+    sqlite_busy_timeout_ms: PositiveInt = Field(
+        5000, description="SQLite: milliseconds a writer waits for the lock before failing."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_database_url(cls, value: str) -> str:
+        try:
+            return normalize_database_url(value)
+        except ConfigError as exc:
+            raise ValueError(exc.problem) from None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if value == MEMORY_REDIS:
+            return value
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("must start with redis://, rediss://, unix:// (or be memory:// for the demo)")
+        return value
+
+    @field_validator("application_name")
+    @classmethod
+    def _application_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value or len(value.encode()) > MAX_APPLICATION_NAME):
+            raise ValueError(f"must be 1 to {MAX_APPLICATION_NAME} bytes")
+        return value
+
+    @property
+    def connection_name(self) -> str:
+        """The application name connections are tagged with."""
+        return self.application_name or default_application_name()
+
+    def secrets(self) -> list[str]:
+        """Passwords found in the configured URLs, for log redaction."""
+        found = [make_url(self.database_url).password]
+        if self.redis_url != MEMORY_REDIS:
+            found.append(_redis_password(self.redis_url))
+        return [s for s in found if s]
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict fit for logs: URLs without passwords."""
+        data = self.model_dump()
+        data["database_url"] = redact_url(self.database_url)
+        data["redis_url"] = redact_redis_url(self.redis_url)
+        return data
+
+
+def _redis_password(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).password
+
+
+def redact_redis_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
+    password = _redis_password(url) if url != MEMORY_REDIS else None
+    return url.replace(f":{password}@", ":***@", 1) if password else url
+
+
+def _env_name(field: str) -> str:
+    return {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}.get(field, ENV_PREFIX + field.upper())
+
+
+def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from the environment and an env file; raise one ConfigError on the first bad value.
+
+    The env file is ``env_file``, else ``$EVENTWORKER_ENV_FILE``, else ``./settings.env`` if it exists.
+    """
+    path = env_file or os.environ.get(ENV_PREFIX + "ENV_FILE") or DEFAULT_ENV_FILE
+    if env_file is not None and not Path(path).is_file():
+        raise ConfigError(ENV_PREFIX + "ENV_FILE", f"env file {path} does not exist")
+    try:
+        return Settings(_env_file=path if Path(path).is_file() else None, **overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "settings"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(_env_name(field), message) from None

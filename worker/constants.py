@@ -1,0 +1,25 @@
+"""Names shared by the producer, the worker and the CLI: job names, queue and Redis keys."""
+
+from typing import Final
+
+#: The arq job that stores a batch of events. Producers in any language enqueue this name.
+INGEST_JOB: Final = "ingest_events"
+
+#: The job a worker runs in place of one whose bytes could not be decoded (see ``worker.serialization``).
+UNDECODABLE_JOB: Final = "store_undecodable_job"
+
+#: arq's default queue; kept so that producers written against plain arq reach us.
+DEFAULT_QUEUE: Final = "arq:queue"
+
+#: Suffix arq appends to the queue name for the worker's health-check key.
+HEALTH_CHECK_SUFFIX: Final = ":health-check"
+
+#: Upper bounds on event identity fields: the unique index on (source, id) must fit every database
+#: we support (MySQL/MariaDB limit an index key to 3072 bytes, 4 bytes per utf8mb4 character).
+MAX_SOURCE_LENGTH: Final = 512
+MAX_ID_LENGTH: Final = 255
+MAX_TYPE_LENGTH: Final = 255
+MAX_SUBJECT_LENGTH: Final = 1024
+
+#: PostgreSQL truncates application_name to NAMEDATALEN - 1 bytes.
+MAX_APPLICATION_NAME: Final = 63

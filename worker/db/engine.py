@@ -1,0 +1,124 @@
+"""The engine and its sessions: built from settings by the worker's start-up hook, never at import.
+
+Every connection is tagged with the worker's application name (PostgreSQL
+``application_name``, MySQL/MariaDB connection attribute ``program_name``) so the
+server's own views show who holds it. While a job's transaction runs on
+PostgreSQL, the tag also names the job (``SET LOCAL`` through ``set_config``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import event, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from worker.config import Settings
+from worker.constants import MAX_APPLICATION_NAME
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _connect_args(driver: str, settings: Settings) -> dict[str, Any]:
+    """Per-driver connection arguments that tag the connection with our name."""
+    name = settings.connection_name
+    if driver == "asyncpg":
+        return {"server_settings": {"application_name": name}}
+    if driver in {"psycopg", "psycopg_async"}:
+        return {"application_name": name}
+    if driver in {"aiomysql", "asyncmy"}:
+        return {"program_name": name}
+    if driver == "aiosqlite":
+        return {"timeout": settings.sqlite_busy_timeout_ms / 1000}
+    return {}
+
+
+def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
+    def on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL lets readers run beside the one writer; the busy timeout makes writers queue, not fail.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return on_connect
+
+
+def make_engine(settings: Settings) -> AsyncEngine:
+    """Create the worker's engine: pool sized from settings, connections tagged, JSON through orjson."""
+    url = make_url(settings.database_url)
+    driver = url.get_driver_name()
+    pool_args: dict[str, Any] = {
+        "pool_size": settings.db_pool_size,
+        "max_overflow": settings.db_max_overflow,
+        "pool_timeout": settings.db_pool_timeout,
+    }
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        pool_args = {}  # an in-memory SQLite database lives in its single connection
+    engine = create_async_engine(
+        url,
+        pool_pre_ping=settings.db_pool_pre_ping,
+        connect_args=_connect_args(driver, settings),
+        json_serializer=_json_dumps,
+        json_deserializer=orjson.loads,
+        **pool_args,
+    )
+    if driver == "aiosqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(settings.sqlite_busy_timeout_ms))
+    return engine
+
+
+def job_application_name(base: str, job_name: str) -> str:
+    """``<job>@<base>``, cut to the bytes PostgreSQL keeps."""
+    return f"{job_name}@{base}".encode()[:MAX_APPLICATION_NAME].decode(errors="ignore")
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """The worker's engine and session factory, with the one way jobs open a transaction."""
+
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    application_name: str
+    tag_transactions: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        """Build the engine and an ``async_sessionmaker(engine, expire_on_commit=False)``."""
+        engine = make_engine(settings)
+        return cls(
+            engine=engine,
+            sessionmaker=async_sessionmaker(engine, expire_on_commit=False),
+            application_name=settings.connection_name,
+            tag_transactions=settings.tag_job_transactions,
+        )
+
+    @property
+    def dialect(self) -> str:
+        """The backend: postgresql, mysql or sqlite."""
+        return self.engine.dialect.name
+
+    @asynccontextmanager
+    async def transaction(self, job_name: str | None = None) -> AsyncIterator[AsyncSession]:
+        """A short-lived session in one transaction: committed on success, rolled back on error, closed after.
+
+        On PostgreSQL the connection's application_name names the job for the transaction's duration.
+        """
+        async with self.sessionmaker() as session, session.begin():
+            if job_name and self.tag_transactions and self.dialect == "postgresql":
+                tag = job_application_name(self.application_name, job_name)
+                await session.execute(select(func.set_config("application_name", tag, True)))
+            yield session
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()

@@ -1,0 +1,60 @@
+"""Schema version checks and upgrades, through Alembic, on the worker's own engine."""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from worker.errors import SchemaBehindError
+
+SCRIPT_LOCATION = "worker:migrations"
+
+
+def alembic_config() -> Config:
+    """Alembic configuration pointing at the migrations shipped in the package."""
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration this code knows."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:  # pragma: no cover - the package always ships migrations
+        raise RuntimeError("no migrations found")
+    return head
+
+
+def _current(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The revision the database is at, or None when it was never migrated."""
+    async with engine.connect() as connection:
+        return await connection.run_sync(_current)
+
+
+async def ensure_current(engine: AsyncEngine) -> None:
+    """Raise SchemaBehindError unless the database is at this code's head revision."""
+    current, head = await current_revision(engine), head_revision()
+    if current != head:
+        raise SchemaBehindError(current, head)
+
+
+def _upgrade(connection: Connection, revision: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> tuple[str | None, str | None]:
+    """Apply migrations up to ``revision``; return the revisions before and after."""
+    before = await current_revision(engine)
+    async with engine.begin() as connection:
+        await connection.run_sync(_upgrade, revision)
+    return before, await current_revision(engine)

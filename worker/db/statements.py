@@ -1,0 +1,130 @@
+"""Every SQL statement the jobs and the CLI run, named for what it does.
+
+Dialect differences live here and nowhere else: :func:`insert_ignoring_duplicates`
+is the one place that knows PostgreSQL/SQLite say ``ON CONFLICT DO NOTHING`` and
+MySQL/MariaDB say ``INSERT IGNORE``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from worker.db.models import DeadLetter, Event, FailedJob
+from worker.events import Rejection
+
+EVENTS: Table = Event.__table__  # type: ignore[assignment]
+DEAD_LETTERS: Table = DeadLetter.__table__  # type: ignore[assignment]
+
+
+async def insert_ignoring_duplicates(
+    session: AsyncSession, table: Table, rows: Sequence[dict[str, Any]], unique: Sequence[str]
+) -> int:
+    """Insert ``rows`` in bulk, skipping any whose ``unique`` key is already stored; return how many were new.
+
+    The count comes from the statement itself (RETURNING rows or the affected-row count),
+    not from extra queries. Safe when another transaction inserts the same keys at once.
+    """
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    if dialect in {"postgresql", "sqlite"}:
+        dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        primary = next(iter(table.primary_key.columns))
+        statement = (
+            dialect_insert(table).on_conflict_do_nothing(index_elements=list(unique)).returning(primary)
+        )
+        result = await session.execute(statement, list(rows))
+        return len(result.all())
+    if dialect in {"mysql", "mariadb"}:
+        result = await session.execute(insert(table).prefix_with("IGNORE"), list(rows))
+        return int(result.rowcount)  # type: ignore[attr-defined]
+    raise NotImplementedError(f"no idempotent insert for dialect {dialect!r}")
+
+
+async def insert_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> int:
+    """Store events not stored yet (by source and event_id); return how many were new.
+
+    Rows go in identity order so that two batches sharing identities lock them in the
+    same order and cannot deadlock each other.
+    """
+    ordered = sorted(rows, key=lambda row: (row["source"], row["event_id"]))
+    return await insert_ignoring_duplicates(session, EVENTS, ordered, ("source", "event_id"))
+
+
+def dead_letter_row(
+    rejection: Rejection, position: int, job_id: str | None, job_name: str | None, now: datetime
+) -> dict[str, Any]:
+    """The ``dead_letters`` row for a rejected input."""
+    return {
+        "reason": rejection.reason,
+        "errors": rejection.errors,
+        "raw": rejection.raw,
+        "source": rejection.source,
+        "event_id": rejection.event_id,
+        "job_id": job_id,
+        "job_name": job_name,
+        "position": position,
+        "digest": hashlib.sha256(rejection.raw).hexdigest(),
+        "received_at": now,
+    }
+
+
+async def insert_dead_letters(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> int:
+    """Keep rejected inputs; a re-run of the same job does not keep them twice. Return how many were new."""
+    return await insert_ignoring_duplicates(session, DEAD_LETTERS, rows, ("job_id", "position", "digest"))
+
+
+async def record_failed_job(
+    session: AsyncSession, *, job_id: str, job_name: str, args: bytes, error: str, tries: int, now: datetime
+) -> int:
+    """Record a job that used its last try; return the record's id."""
+    statement = (
+        insert(FailedJob)
+        .values(job_id=job_id, job_name=job_name, args=args, error=error, tries=tries, failed_at=now)
+        .returning(FailedJob.id)
+    )
+    return int((await session.execute(statement)).scalar_one())
+
+
+async def failed_jobs(
+    session: AsyncSession, *, include_requeued: bool = False, limit: int = 100
+) -> list[FailedJob]:
+    """Failed jobs, newest first."""
+    statement = select(FailedJob).order_by(FailedJob.id.desc()).limit(limit)
+    if not include_requeued:
+        statement = statement.where(FailedJob.requeued_at.is_(None))
+    return list((await session.scalars(statement)).all())
+
+
+async def failed_job(session: AsyncSession, failed_id: int) -> FailedJob | None:
+    """One failed job by its record id."""
+    return await session.get(FailedJob, failed_id)
+
+
+async def mark_requeued(session: AsyncSession, failed_id: int, new_job_id: str, now: datetime) -> None:
+    """Note that a failed job was enqueued again, under ``new_job_id``."""
+    await session.execute(
+        update(FailedJob).where(FailedJob.id == failed_id).values(requeued_at=now, requeued_job_id=new_job_id)
+    )
+
+
+async def dead_letters(session: AsyncSession, *, limit: int = 100) -> list[DeadLetter]:
+    """Dead letters, newest first."""
+    return list((await session.scalars(select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit))).all())
+
+
+async def table_counts(session: AsyncSession) -> dict[str, int]:
+    """Row counts of events, dead letters and not-yet-requeued failed jobs."""
+    events = await session.scalar(select(func.count()).select_from(Event))
+    dead = await session.scalar(select(func.count()).select_from(DeadLetter))
+    failed = await session.scalar(
+        select(func.count()).select_from(FailedJob).where(FailedJob.requeued_at.is_(None))
+    )
+    return {"events": int(events or 0), "dead_letters": int(dead or 0), "failed_jobs": int(failed or 0)}

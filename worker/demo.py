@@ -1,0 +1,156 @@
+"""The newcomer's first run: a worker, a producer and a few thousand sample events, in one process.
+
+With no ``DATABASE_URL``/``REDIS_URL`` it runs on an embedded SQLite file and the
+in-process Redis stand-in; with them set, on the real servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from arq.jobs import Job
+from arq.worker import Worker
+
+from worker.config import Settings, redact_redis_url, redact_url
+from worker.db import schema, statements
+from worker.db.engine import Database
+from worker.main import worker_settings
+from worker.producer import EventProducer
+from worker.redis import MEMORY_URL, memory_pool
+from worker.serialization import deserialize
+
+DEMO_DATABASE_URL = "sqlite+aiosqlite:///eventworker-demo.sqlite3"
+TYPES = ("com.example.order.created", "com.example.order.paid", "com.example.user.signed_up")
+
+
+def sample_events(count: int, seed: int | None = None) -> tuple[list[Any], int, int]:
+    """``count`` inputs: valid events, ~10% repeats, ~5% invalid. Returns (inputs, repeats, invalid)."""
+    rng = random.Random(seed)
+    run = uuid.uuid4().hex[:8]
+    start = datetime.now(UTC) - timedelta(hours=1)
+    inputs: list[Any] = []
+    valid: list[dict[str, Any]] = []
+    duplicates = invalid = 0
+    for i in range(count):
+        roll = rng.random()
+        if roll < 0.10 and valid:
+            inputs.append(rng.choice(valid))
+            duplicates += 1
+        elif roll < 0.15:
+            inputs.append(_invalid(rng, i))
+            invalid += 1
+        else:
+            event = {
+                "specversion": "1.0",
+                "id": f"{run}-{i}",
+                "source": f"/demo/shop/{i % 7}",
+                "type": rng.choice(TYPES),
+                "time": (start + timedelta(seconds=i)).isoformat(),
+                "subject": f"order/{rng.randrange(1000)}",
+                "datacontenttype": "application/json",
+                "data": {
+                    "amount": rng.randrange(100, 10_000),
+                    "currency": "EUR",
+                    "items": rng.randrange(1, 9),
+                },
+            }
+            valid.append(event)
+            inputs.append(event)
+    return inputs, duplicates, invalid
+
+
+def _invalid(rng: random.Random, i: int) -> Any:
+    return rng.choice(
+        [
+            {"specversion": "1.0", "id": f"bad-{i}", "type": "t"},  # no source
+            {"specversion": "1.0", "id": i, "source": "/demo", "type": "t"},  # id not a string
+            {"specversion": "1.0", "id": f"bad-{i}", "source": "/demo", "type": "t", "time": "yesterday"},
+            {"specversion": "0.3", "id": f"bad-{i}", "source": "/demo", "type": "t"},
+            f"not an event {i}",
+        ]
+    )
+
+
+@dataclass
+class DemoReport:
+    """What the demo sent and what the worker did with it."""
+
+    sent: int
+    sent_duplicates: int
+    sent_invalid: int
+    accepted: int
+    duplicates: int
+    rejected: int
+    seconds: float
+    tables: dict[str, int]
+
+    def lines(self, settings: Settings) -> list[str]:
+        """The summary a person reads."""
+        rate = self.sent / self.seconds if self.seconds else 0.0
+        return [
+            f"database: {redact_url(settings.database_url)}",
+            f"redis:    {redact_redis_url(settings.redis_url)}",
+            f"sent {self.sent} events ({self.sent_duplicates} repeated, {self.sent_invalid} invalid) "
+            f"in {self.seconds:.2f}s: {rate:,.0f} events/s",
+            f"accepted {self.accepted}, duplicates {self.duplicates}, rejected {self.rejected}",
+            "rows now: " + ", ".join(f"{name} {count}" for name, count in self.tables.items()),
+        ]
+
+
+async def run_demo(settings: Settings, count: int = 5000) -> DemoReport:
+    """Migrate, enqueue ``count`` sample events, run a worker until the queue is empty, summarise."""
+    db = Database.from_settings(settings)
+    try:
+        await schema.upgrade(db.engine)
+    finally:
+        await db.dispose()
+    options = worker_settings(settings, burst=True, handle_signals=False, poll_delay=0.01)
+    inputs, sent_duplicates, sent_invalid = sample_events(count)
+    started = time.perf_counter()
+    redis = memory_pool() if settings.redis_url == MEMORY_URL else None
+    async with EventProducer(
+        settings.redis_url, queue_name=settings.queue_name, batch_size=settings.batch_size, redis=redis
+    ) as producer:
+        job_ids = await producer.emit(inputs)
+        worker = Worker(**options)
+        try:
+            await worker.async_run()
+        finally:
+            await worker.close()
+        totals = {"accepted": 0, "duplicates": 0, "rejected": 0}
+        for job_id in job_ids:
+            result = await Job(job_id, producer.redis, _deserializer=deserialize).result(timeout=60)
+            for key in totals:
+                totals[key] += int(result.get(key, 0))
+    seconds = time.perf_counter() - started
+    db = Database.from_settings(settings)
+    try:
+        async with db.transaction() as session:
+            tables = await statements.table_counts(session)
+    finally:
+        await db.dispose()
+    return DemoReport(count, sent_duplicates, sent_invalid, seconds=seconds, tables=tables, **totals)
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """``settings`` with the embedded defaults for URLs the user did not set."""
+    overrides: dict[str, Any] = {}
+    if "database_url" not in settings.model_fields_set:
+        overrides["database_url"] = DEMO_DATABASE_URL
+    if "redis_url" not in settings.model_fields_set:
+        overrides["redis_url"] = MEMORY_URL
+    if "log_level" not in settings.model_fields_set:
+        overrides["log_level"] = "WARNING"  # the summary is the demo's output
+    return settings.model_copy(update=overrides) if overrides else settings
+
+
+def main(settings: Settings, count: int) -> list[str]:
+    """Run the demo and return its summary lines."""
+    settings = demo_settings(settings)
+    return DemoReport.lines(asyncio.run(run_demo(settings, count)), settings)

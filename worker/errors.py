@@ -1,0 +1,88 @@
+"""The exceptions eventworker raises, as one small tree.
+
+::
+
+    EventWorkerError                 base: ``str(exc)`` is always a message a person can act on
+    ├── ConfigError                  a setting is invalid (names the setting)
+    ├── SchemaBehindError            the database is not migrated to this version (names the command)
+    ├── RetryableError               trying again later may succeed
+    │   └── DatabaseUnavailable      connection refused, dropped, server restarting
+    └── PermanentError               trying again will not help
+        ├── InvalidEvent             an event failed validation (kept as a dead letter)
+        ├── UndecodableJob           a job's bytes in Redis were not our JSON (kept as a dead letter)
+        └── JobFailed                a job used its last try (recorded in failed_jobs)
+
+Jobs never let a driver exception escape unclassified: ``worker.retry`` maps
+any exception to "retry with back-off" or "record as failed".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+class EventWorkerError(Exception):
+    """Something went wrong in eventworker."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or self.__class__.__name__).strip())
+
+
+class ConfigError(EventWorkerError):
+    """A setting is invalid."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        self.problem = problem
+        super().__init__(f"{setting}: {problem}")
+
+
+class SchemaBehindError(EventWorkerError):
+    """The database schema is older than this version of eventworker."""
+
+    def __init__(self, current: str | None, head: str) -> None:
+        self.current = current
+        self.head = head
+        super().__init__(
+            f"database schema is at revision {current or '(none: not migrated)'}, this worker needs {head}; "
+            "run `eventworker migrate` (or `alembic upgrade head`) first"
+        )
+
+
+class RetryableError(EventWorkerError):
+    """A failure that may go away if the job is tried again later."""
+
+
+class DatabaseUnavailable(RetryableError):
+    """The database could not be reached or dropped the connection."""
+
+
+class PermanentError(EventWorkerError):
+    """A failure that another try would repeat."""
+
+
+class InvalidEvent(PermanentError):
+    """An event failed validation."""
+
+    def __init__(self, errors: Sequence[dict[str, Any]]) -> None:
+        self.errors = list(errors)
+        summary = "; ".join(
+            f"{'.'.join(map(str, e.get('loc', ()))) or '<event>'}: {e.get('msg')}" for e in errors
+        )
+        super().__init__(f"invalid event: {summary}")
+
+
+class UndecodableJob(PermanentError):
+    """A job's payload in Redis is not eventworker's JSON format."""
+
+
+class JobFailed(PermanentError):
+    """A job used its last try and was recorded in failed_jobs."""
+
+    def __init__(self, failed_job_id: int, error: str) -> None:
+        self.failed_job_id = failed_job_id
+        super().__init__(
+            f"recorded as failed job {failed_job_id} (`eventworker failed list`, `eventworker failed requeue"
+            f" {failed_job_id}`): {error}"
+        )

@@ -1,0 +1,229 @@
+"""The event schema (CloudEvents 1.0, JSON form) and pure batch validation.
+
+No I/O here and no SQLAlchemy: producers import this module to build events,
+and the ingest job calls :func:`validate_batch` before touching the database.
+An event's identity is ``(source, id)``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+
+from worker.constants import MAX_ID_LENGTH, MAX_SOURCE_LENGTH, MAX_SUBJECT_LENGTH, MAX_TYPE_LENGTH
+
+#: CloudEvents: extension attribute names MUST be lower-case ASCII letters or digits.
+_EXTENSION_NAME = re.compile(r"[a-z0-9]+")
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class CloudEvent(BaseModel):
+    """A CloudEvents 1.0 event. Unknown attributes are extensions and are kept."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=False)
+
+    specversion: Literal["1.0"]
+    id: Annotated[NonEmpty, Field(max_length=MAX_ID_LENGTH)]
+    source: Annotated[NonEmpty, Field(max_length=MAX_SOURCE_LENGTH)]
+    type: Annotated[NonEmpty, Field(max_length=MAX_TYPE_LENGTH)]
+    time: AwareDatetime | None = None
+    subject: Annotated[str, Field(max_length=MAX_SUBJECT_LENGTH)] | None = None
+    datacontenttype: str | None = None
+    dataschema: str | None = None
+    data: JsonValue = None
+    data_base64: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_raw(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(f"an event must be a JSON object, got {_json_type(value)}")
+        for key in ("id", "source", "type", "subject", "specversion"):
+            if key in value and value[key] is not None and not isinstance(value[key], str):
+                raise ValueError(f"{key} must be a string, got {_json_type(value[key])}")
+        if "time" in value and value["time"] is not None and not isinstance(value["time"], str):
+            raise ValueError(f"time must be an RFC 3339 string, got {_json_type(value['time'])}")
+        bad = _first_unstorable_string(value)
+        if bad is not None:
+            raise ValueError(f"{bad}: strings must be valid UTF-8 without NUL characters")
+        if value.get("data") is not None and value.get("data_base64") is not None:
+            raise ValueError("data and data_base64 are mutually exclusive")
+        return value
+
+    @model_validator(mode="after")
+    def _check_extensions(self) -> CloudEvent:
+        for name, extension in (self.model_extra or {}).items():
+            if not _EXTENSION_NAME.fullmatch(name):
+                raise ValueError(
+                    f"extension attribute {name!r}: names are lower-case letters and digits only"
+                )
+            if not isinstance(extension, str | int | float | bool):
+                raise ValueError(f"extension attribute {name!r}: value must be a string, number or boolean")
+        return self
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        """Extension attributes, as received."""
+        return dict(self.model_extra or {})
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The event in CloudEvents JSON form (what a producer sends)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _first_unstorable_string(value: Any, path: str = "event") -> str | None:
+    """Path of the first string (key or value) a database cannot store: NUL or lone surrogates."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item or not _utf8_encodable(item):
+                return where
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and ("\x00" in key or not _utf8_encodable(key)):
+                    return f"{where} (a key)"
+                stack.append((child, f"{where}.{key}"))
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+    return None
+
+
+def _utf8_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def encode_raw(value: Any) -> bytes:
+    """JSON bytes of a received value, kept exactly enough to re-send it.
+
+    orjson refuses lone surrogates and non-string keys; the stdlib escapes them instead.
+    """
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(value, ensure_ascii=True, default=repr).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One input that is not a storable event, with why."""
+
+    raw: bytes
+    reason: Literal["invalid", "too_large", "not_a_list", "undecodable_job"]
+    errors: list[dict[str, Any]]
+    position: int = 0
+    source: str | None = None
+    event_id: str | None = None
+
+    @property
+    def message(self) -> str:
+        """One line saying what is wrong."""
+        return "; ".join(f"{e['loc'] or '<event>'}: {e['msg']}" for e in self.errors)
+
+
+@dataclass(slots=True)
+class Batch:
+    """A validated batch: storable events (first of each identity), rejections, in-batch duplicates."""
+
+    events: list[CloudEvent] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    duplicates: int = 0
+
+
+def _errors(exc: ValidationError) -> list[dict[str, Any]]:
+    # No input values: an error message must not carry the (possibly huge, possibly secret) payload.
+    return [
+        {
+            "loc": ".".join(map(str, e["loc"])),
+            "msg": e["msg"].removeprefix("Value error, "),
+            "type": e["type"],
+        }
+        for e in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+def _identity(value: Any) -> tuple[str | None, str | None]:
+    if not isinstance(value, dict):
+        return None, None
+    source, event_id = value.get("source"), value.get("id")
+    return (
+        source[:MAX_SOURCE_LENGTH] if isinstance(source, str) and _utf8_encodable(source) else None,
+        event_id[:MAX_ID_LENGTH] if isinstance(event_id, str) and _utf8_encodable(event_id) else None,
+    )
+
+
+def validate_one(value: Any, max_event_bytes: int, position: int = 0) -> CloudEvent | Rejection:
+    """Validate one received value (the ``position``-th of its job) into an event, or say why not."""
+    raw = encode_raw(value)
+    source, event_id = _identity(value)
+    if len(raw) > max_event_bytes:
+        msg = f"event is {len(raw)} bytes, over the {max_event_bytes}-byte limit"
+        error = {"loc": "", "msg": msg, "type": "too_large"}
+        return Rejection(raw, "too_large", [error], position, source, event_id)
+    try:
+        return CloudEvent.model_validate(value)
+    except ValidationError as exc:
+        return Rejection(raw, "invalid", _errors(exc), position, source, event_id)
+
+
+def validate_batch(payload: Any, max_event_bytes: int) -> Batch:
+    """Split a job's argument into storable events, rejections and in-batch duplicates.
+
+    ``payload`` should be a list of event objects; anything else is one rejection.
+    Of several events with one identity, the first is kept and the rest are duplicates.
+    """
+    batch = Batch()
+    if not isinstance(payload, list):
+        error = {
+            "loc": "",
+            "msg": f"expected a list of events, got {_json_type(payload)}",
+            "type": "not_a_list",
+        }
+        batch.rejected.append(Rejection(encode_raw(payload), "not_a_list", [error]))
+        return batch
+    seen: set[tuple[str, str]] = set()
+    for position, value in enumerate(payload):
+        outcome = validate_one(value, max_event_bytes, position)
+        if isinstance(outcome, Rejection):
+            batch.rejected.append(outcome)
+        elif (outcome.source, outcome.id) in seen:
+            batch.duplicates += 1
+        else:
+            seen.add((outcome.source, outcome.id))
+            batch.events.append(outcome)
+    return batch
+
+
+def event_row(event: CloudEvent, received_at: datetime, job_id: str | None) -> dict[str, Any]:
+    """The ``events`` row for a validated event."""
+    return {
+        "source": event.source,
+        "event_id": event.id,
+        "type": event.type,
+        "specversion": event.specversion,
+        "time": event.time,
+        "subject": event.subject,
+        "datacontenttype": event.datacontenttype,
+        "dataschema": event.dataschema,
+        "data": event.data,
+        "data_base64": event.data_base64,
+        "extensions": event.extensions or None,
+        "received_at": received_at,
+        "job_id": job_id,
+    }

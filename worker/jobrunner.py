@@ -1,0 +1,108 @@
+"""What every eventworker job gets around it: log context, a time limit, retries, failure records.
+
+:func:`job` wraps a job coroutine. On a failure it asks :mod:`worker.retry` what to
+do: retry with back-off (arq ``Retry``), or record the job in ``failed_jobs`` with
+its arguments and error so the CLI can list and re-enqueue it. arq's own try limit
+is set :data:`RECORD_TRIES` above ours, so the try after the last one still runs
+here and records the failure (for example after repeated kills) instead of arq
+dropping the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import structlog
+from arq import Retry
+
+from worker.context import WorkerContext
+from worker.db import statements
+from worker.errors import JobFailed
+from worker.logging import get_logger, redact_text
+from worker.retry import GiveUp, RetryLater, backoff, decide
+from worker.serialization import serialize
+
+#: Extra arq tries beyond ``max_tries`` in which a job only records its own failure.
+RECORD_TRIES = 2
+
+JobFunction = Callable[..., Awaitable[Any]]
+log = get_logger("eventworker.job")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def record_failure(
+    ctx: WorkerContext, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], error: str, tries: int
+) -> int:
+    """Keep a job that will not be tried again, with what it was called with."""
+    secrets = ctx["settings"].secrets()
+    async with ctx["db"].transaction("record_failure") as session:
+        return await statements.record_failed_job(
+            session,
+            job_id=ctx.get("job_id") or "",
+            job_name=name,
+            args=serialize({"args": list(args), "kwargs": kwargs}),
+            error=redact_text(error, secrets)[:10_000],
+            tries=tries,
+            now=_now(),
+        )
+
+
+async def _give_up(
+    ctx: WorkerContext, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], error: str, tries: int
+) -> NoReturn:
+    settings = ctx["settings"]
+    try:
+        failed_id = await record_failure(ctx, name, args, kwargs, error, tries)
+    except Exception as exc:
+        # The record itself could not be written (database down?): come back and try again.
+        delay = backoff(tries, settings.retry_base_delay, settings.retry_max_delay)
+        log.error("job.failure_not_recorded", error=type(exc).__name__, retry_in_s=round(delay, 2))
+        raise Retry(defer=delay) from exc
+    log.error("job.failed", failed_job_id=failed_id, tries=tries, error=error[:500])
+    raise JobFailed(failed_id, error[:500])
+
+
+def job(function: JobFunction) -> JobFunction:
+    """Wrap a job coroutine ``function(ctx, *args, **kwargs)`` with eventworker's job handling."""
+    name = function.__name__
+
+    @functools.wraps(function)
+    async def run(ctx: WorkerContext, *args: Any, **kwargs: Any) -> Any:
+        settings = ctx["settings"]
+        job_try = ctx.get("job_try", 1)
+        structlog.contextvars.bind_contextvars(job_name=name)
+        if job_try > settings.max_tries:
+            await _give_up(
+                ctx, name, args, kwargs, "interrupted on every try (worker killed or timed out)", job_try - 1
+            )
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(settings.job_timeout):
+                result = await function(ctx, *args, **kwargs)
+        except Exception as exc:
+            decision = decide(
+                exc, job_try, settings.max_tries, base=settings.retry_base_delay, cap=settings.retry_max_delay
+            )
+            error = f"{type(exc).__name__}: {exc}"
+            if isinstance(decision, RetryLater):
+                log.warning(
+                    "job.retry",
+                    reason=decision.reason,
+                    retry_in_s=round(decision.delay, 2),
+                    error=redact_text(error, settings.secrets())[:500],
+                )
+                raise Retry(defer=decision.delay) from exc
+            assert isinstance(decision, GiveUp)
+            await _give_up(ctx, name, args, kwargs, f"{decision.reason}: {error}", job_try)
+        log.debug("job.done", duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        return result
+
+    return run

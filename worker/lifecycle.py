@@ -1,0 +1,75 @@
+"""arq lifecycle hooks: the worker owns the engine from start-up to shutdown.
+
+``on_startup`` builds the engine, waits (bounded) for the database, and refuses to
+run on a schema that is behind. ``on_shutdown`` disposes the engine, so no
+connection outlives the worker. ``on_job_start`` binds the job's identity into
+every log line the job writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from worker.config import redact_url
+from worker.context import WorkerContext
+from worker.db import schema
+from worker.db.engine import Database
+from worker.db.failures import is_connection_error
+from worker.errors import DatabaseUnavailable
+from worker.logging import get_logger, redact_text
+
+log = get_logger("eventworker.worker")
+
+
+async def _wait_for_database(db: Database, wait_s: float) -> None:
+    """Check the schema, retrying connection errors for up to ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.25
+    while True:
+        try:
+            await schema.ensure_current(db.engine)
+            return
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                reason = redact_text(str(getattr(exc, "orig", None) or exc).splitlines()[0])
+                raise DatabaseUnavailable(
+                    f"database {redact_url(db.engine.url)} unreachable after {wait_s:.0f}s: {reason}"
+                ) from None
+            log.warning("worker.database_wait", retry_in_s=delay, error=type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def on_startup(ctx: WorkerContext) -> None:
+    """Create the engine and session factory; refuse to start on an unreachable or old database."""
+    settings = ctx["settings"]
+    db = Database.from_settings(settings)
+    try:
+        await _wait_for_database(db, settings.startup_wait)
+    except BaseException:
+        await db.dispose()
+        raise
+    ctx["db"] = db
+    log.info(
+        "worker.started", worker_id=ctx["worker_id"], jobs=sorted(ctx["known_jobs"]), **settings.redacted()
+    )
+
+
+async def on_shutdown(ctx: WorkerContext) -> None:
+    """Dispose the engine: every pooled connection is closed."""
+    db = ctx.get("db")
+    if db is not None:
+        await db.dispose()
+    log.info("worker.stopped", worker_id=ctx["worker_id"])
+
+
+async def on_job_start(ctx: WorkerContext) -> None:
+    """Bind job id, try and worker id into the log context of this job."""
+    structlog.contextvars.bind_contextvars(
+        job_id=ctx.get("job_id"), job_try=ctx.get("job_try"), worker_id=ctx["worker_id"]
+    )

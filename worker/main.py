@@ -1,0 +1,100 @@
+"""The arq worker definition: ``arq worker.main.WorkerSettings`` or ``eventworker run``.
+
+``WorkerSettings`` is built when it is first looked up (PEP 562 module ``__getattr__``),
+from the environment at that moment: importing this module reads nothing and
+connects nowhere. :func:`worker_settings` builds the same from given settings.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, cast
+
+from arq.worker import func
+
+from jobs.ingest import ingest_events
+from jobs.undecodable import store_undecodable_job
+from worker import lifecycle
+from worker.config import Settings, load_settings
+from worker.context import WorkerContext
+from worker.errors import ConfigError, EventWorkerError
+from worker.jobrunner import RECORD_TRIES, JobFunction
+from worker.logging import configure_logging, get_logger
+from worker.redis import MEMORY_URL, memory_pool, patch_arq_for_memory, redis_settings
+from worker.serialization import job_deserializer, serialize
+
+#: The jobs a worker runs.
+FUNCTIONS: tuple[JobFunction, ...] = (ingest_events, store_undecodable_job)
+#: arq's time limit is ours plus this, so our own limit fires first and the job is retried or recorded.
+TIMEOUT_GRACE_S = 5.0
+
+log = get_logger("eventworker.worker")
+
+
+def worker_id() -> str:
+    """``<host>:<pid>`` of this process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _configure_logging(settings: Settings) -> None:
+    configure_logging(settings.log_level, settings.log_format, settings.secrets())
+
+
+async def _startup(ctx: WorkerContext) -> None:
+    # arq's CLI installs its own log handlers after reading WorkerSettings; take them back.
+    _configure_logging(ctx["settings"])
+    try:
+        await lifecycle.on_startup(ctx)
+    except EventWorkerError as exc:
+        log.error("worker.refused_to_start", error=str(exc))
+        raise SystemExit(1) from None
+
+
+def worker_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """arq Worker keyword arguments for ``settings`` (``overrides`` win)."""
+    names = frozenset(f.__name__ for f in FUNCTIONS)
+    ctx: WorkerContext = {"settings": settings, "worker_id": worker_id(), "known_jobs": names, "redis": None}
+    options: dict[str, Any] = {
+        "functions": [func(cast(Any, f), name=f.__name__) for f in FUNCTIONS],
+        "queue_name": settings.queue_name,
+        "on_startup": _startup,
+        "on_shutdown": lifecycle.on_shutdown,
+        "on_job_start": lifecycle.on_job_start,
+        "ctx": ctx,
+        "max_jobs": settings.max_jobs,
+        "poll_delay": settings.poll_delay,
+        "job_timeout": settings.job_timeout + TIMEOUT_GRACE_S,
+        "max_tries": settings.max_tries + RECORD_TRIES,
+        "health_check_interval": settings.health_check_interval,
+        "keep_result": settings.keep_result,
+        "job_serializer": serialize,
+        "job_deserializer": job_deserializer(names),
+    }
+    if settings.redis_url == MEMORY_URL:
+        patch_arq_for_memory()
+        options["redis_pool"] = memory_pool(options["job_deserializer"])
+    else:
+        options["redis_settings"] = redis_settings(settings.redis_url)
+    return {**options, **overrides}
+
+
+def settings_from_environment() -> dict[str, Any]:
+    """Worker keyword arguments from the environment; a bad setting exits with one line."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise SystemExit(f"eventworker: configuration error: {exc}") from None
+    if settings.redis_url == MEMORY_URL:
+        raise SystemExit(
+            "eventworker: configuration error: REDIS_URL: memory:// works only inside one process "
+            "(`eventworker demo`); a worker needs a real Redis, e.g. redis://localhost:6379/0"
+        )
+    _configure_logging(settings)
+    return worker_settings(settings)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "WorkerSettings":
+        return settings_from_environment()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

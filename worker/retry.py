@@ -1,0 +1,70 @@
+"""What to do when a job fails: a pure function of (exception, try) to a decision.
+
+Every failure is retried with exponential back-off and jitter (arq has none), except
+permanent ones and those on the last try, which are recorded as failed jobs.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from worker.db.failures import is_connection_error
+from worker.errors import PermanentError
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    """Run the job again after ``delay`` seconds."""
+
+    delay: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Stop trying; record the job as failed."""
+
+    reason: str
+
+
+Decision = RetryLater | GiveUp
+
+
+def backoff(job_try: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
+    """Delay before the try after ``job_try``: ``base * 2**(try-1)`` capped, with equal jitter.
+
+    Half the delay is fixed and half random, so retries spread out but never come at once.
+    """
+    delay = min(cap, base * 2.0 ** max(job_try - 1, 0))
+    return delay / 2 + rand() * delay / 2
+
+
+def classify(exc: BaseException) -> str:
+    """A short name for the kind of failure, for logs and decisions."""
+    if isinstance(exc, PermanentError):
+        return "permanent"
+    if isinstance(exc, TimeoutError):  # the job's own time limit, or a connect timeout
+        return "timeout"
+    if is_connection_error(exc):
+        return "database_unavailable"
+    return "unexpected"
+
+
+def decide(
+    exc: BaseException,
+    job_try: int,
+    max_tries: int,
+    *,
+    base: float,
+    cap: float,
+    rand: Callable[[], float] = random.random,
+) -> Decision:
+    """Retry with back-off, or give up on permanent failures and on the last try."""
+    kind = classify(exc)
+    if kind == "permanent":
+        return GiveUp(kind)
+    if job_try >= max_tries:
+        return GiveUp(f"{kind}, last of {max_tries} tries")
+    return RetryLater(backoff(job_try, base, cap, rand), kind)

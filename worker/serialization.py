@@ -1,0 +1,87 @@
+"""Job arguments and results travel through Redis as JSON, never pickle.
+
+A worker that unpickles whatever sits in Redis lets anyone who can write to Redis
+run code on it. The worker's deserializer never fails: a payload that is not our
+JSON job format, or names a job this worker does not have, is turned into a call of
+:data:`~worker.constants.UNDECODABLE_JOB` carrying the raw bytes, which stores them
+as a dead letter instead of dropping or retrying them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable, Collection
+from datetime import date, datetime
+from typing import Any
+
+import orjson
+
+from worker.constants import UNDECODABLE_JOB
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, BaseException):
+        return {"error": type(value).__name__, "message": str(value)}
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"base64": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if isinstance(value, date | datetime):  # pragma: no cover - orjson handles these natively
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def serialize(value: Any) -> bytes:
+    """JSON bytes for a job or a result (exceptions become ``{"error", "message"}``)."""
+    return orjson.dumps(value, default=_default, option=orjson.OPT_NON_STR_KEYS)
+
+
+def deserialize(data: bytes) -> Any:
+    """Decode JSON; the stdlib takes what orjson refuses (lone surrogate escapes), still as JSON."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
+def _job_problem(job: Any, known: Collection[str]) -> str | None:
+    if not isinstance(job, dict):
+        return "job is not a JSON object"
+    if not isinstance(job.get("f"), str):
+        return "job has no function name"
+    if not isinstance(job.get("a"), list) or not isinstance(job.get("k"), dict):
+        return "job arguments are not a list and an object"
+    if not isinstance(job.get("et"), int):
+        return "job has no enqueue time"
+    if job["f"] not in known:
+        return f"no job named {job['f']!r} on this worker"
+    return None
+
+
+def undecodable_job(raw: bytes, problem: str) -> dict[str, Any]:
+    """An arq job record that calls the dead-letter job with ``raw``."""
+    return {
+        "f": UNDECODABLE_JOB,
+        "a": [base64.b64encode(raw).decode(), problem],
+        "k": {},
+        "t": None,
+        "et": int(time.time() * 1000),
+    }
+
+
+def job_deserializer(known_jobs: Collection[str]) -> Callable[[bytes], dict[str, Any]]:
+    """arq ``job_deserializer`` for a worker with ``known_jobs``: never raises, never unpickles."""
+
+    def deserialize_job(data: bytes) -> dict[str, Any]:
+        try:
+            job = deserialize(data)
+        except (ValueError, RecursionError) as exc:
+            return undecodable_job(data, f"not JSON: {exc}")
+        problem = _job_problem(job, known_jobs)
+        if problem is not None:
+            return undecodable_job(data, problem)
+        return job  # type: ignore[no-any-return]
+
+    return deserialize_job
