@@ -1,0 +1,77 @@
+"""Helpers shared by the integration and e2e tiers: sample events, a worker run, row counts."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from arq.jobs import Job
+from arq.worker import Worker
+from sqlalchemy import func, select, text
+
+from worker.config import Settings
+from worker.db.engine import Database
+from worker.db.models import DeadLetter, Event
+from worker.main import worker_settings
+from worker.producer import EventProducer
+from worker.serialization import deserialize
+
+
+def event(n: int | str, source: str = "/tests", **extra: Any) -> dict[str, Any]:
+    """A valid CloudEvent numbered ``n``."""
+    return {
+        "specversion": "1.0",
+        "id": f"evt-{n}",
+        "source": source,
+        "type": "com.example.test",
+        "time": "2026-01-02T03:04:05.123456Z",
+        "data": {"n": str(n), "payload": "x" * 50},
+        **extra,
+    }
+
+
+def unique_source() -> str:
+    """A source no other test uses."""
+    return f"/tests/{uuid.uuid4().hex[:8]}"
+
+
+async def run_worker(settings: Settings, **overrides: Any) -> Worker:
+    """Run a real arq worker in burst mode until the queue is empty; return it (closed)."""
+    options = worker_settings(settings, burst=True, handle_signals=False, poll_delay=0.01, **overrides)
+    worker = Worker(**options)
+    try:
+        await worker.async_run()
+    finally:
+        await worker.close()
+    return worker
+
+
+async def enqueue(settings: Settings, batches: list[Any]) -> list[str]:
+    """Enqueue each element of ``batches`` as one ingest job; return the job ids."""
+    async with EventProducer(settings.redis_url, queue_name=settings.queue_name) as producer:
+        return [await producer.emit_batch(batch) for batch in batches]
+
+
+async def results(settings: Settings, job_ids: list[str]) -> list[Any]:
+    """The results of finished jobs, in order."""
+    async with EventProducer(settings.redis_url, queue_name=settings.queue_name) as producer:
+        return [await Job(j, producer.redis, _deserializer=deserialize).result(timeout=30) for j in job_ids]
+
+
+async def count(db: Database, model: type[Event] | type[DeadLetter]) -> int:
+    """Rows in ``model``'s table."""
+    async with db.transaction() as session:
+        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def application_names(db: Database, like: str) -> list[str]:
+    """application_name of every server connection whose name matches ``like`` (other than ours)."""
+    async with db.engine.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT application_name FROM pg_stat_activity "
+                "WHERE application_name LIKE :like AND pid <> pg_backend_pid()"
+            ),
+            {"like": like},
+        )
+        return [row[0] for row in rows]
