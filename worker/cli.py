@@ -14,9 +14,12 @@ from typing import IO, Any, TypeVar
 
 import click
 import orjson
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError
 
 from worker.config import Settings, load_settings, redact_url
 from worker.errors import ConfigError, EventWorkerError
+from worker.logging import configure_logging, redact_text
 
 T = TypeVar("T")
 EXIT_CONFIG = 2
@@ -24,18 +27,27 @@ EXIT_CONFIG = 2
 
 def _settings() -> Settings:
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigError as exc:
         click.echo(f"eventworker: configuration error: {exc}", err=True)
         raise SystemExit(EXIT_CONFIG) from None
+    # Library warnings (arq's Redis reconnects, say) go through the same redacting pipeline.
+    level = "DEBUG" if settings.log_level == "DEBUG" else "WARNING"
+    configure_logging(level, settings.log_format, settings.secrets())
+    return settings
 
 
-def _run(coroutine: Awaitable[T]) -> T:
+def _run(coroutine: Awaitable[T], settings: Settings) -> T:
+    """Run a command's coroutine; a failure to reach a server ends it with one redacted line."""
     try:
         return asyncio.run(coroutine)  # type: ignore[arg-type]
     except EventWorkerError as exc:
-        click.echo(f"eventworker: {exc}", err=True)
-        raise SystemExit(1) from None
+        message = str(exc)
+    except (DBAPIError, RedisError, OSError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""]
+        message = f"{type(exc).__name__}: {reason[0]}"
+    click.echo(f"eventworker: {redact_text(message, settings.secrets())}", err=True)
+    raise SystemExit(1)
 
 
 @click.group()
@@ -70,7 +82,7 @@ def migrate() -> None:
         finally:
             await db.dispose()
 
-    before, after = _run(upgrade())
+    before, after = _run(upgrade(), settings)
     click.echo(f"{redact_url(settings.database_url)}: schema {before or '(empty)'} -> {after}")
 
 
@@ -98,13 +110,21 @@ def enqueue(source: IO[bytes], batch_size: int | None) -> None:
     settings = _settings()
 
     async def send() -> tuple[int, int]:
-        events = list(_read_ndjson(source))
+        read = 0
+
+        def counted() -> Iterator[Any]:  # streams: a file of any size is read one batch at a time
+            nonlocal read
+            for value in _read_ndjson(source):
+                read += 1
+                yield value
+
         async with EventProducer(
             settings.redis_url, queue_name=settings.queue_name, batch_size=batch_size or settings.batch_size
         ) as producer:
-            return len(events), len(await producer.emit(events))
+            jobs = len(await producer.emit(counted()))
+        return read, jobs
 
-    count, jobs = _run(send())
+    count, jobs = _run(send(), settings)
     click.echo(f"enqueued {count} events in {jobs} jobs")
 
 
@@ -113,10 +133,8 @@ def enqueue(source: IO[bytes], batch_size: int | None) -> None:
 def demo(count: int) -> None:
     """Run a worker on sample events (embedded SQLite and Redis stand-in unless the URLs are set)."""
     from worker import demo as demo_module
-    from worker.logging import configure_logging
 
     settings = _settings()
-    configure_logging("WARNING", settings.log_format, settings.secrets())
     for line in demo_module.main(settings, count):
         click.echo(line)
 
@@ -126,7 +144,8 @@ def check() -> None:
     """Health check: exit 0 when a worker's heartbeat is fresh and the database is reachable and current."""
     from worker.health import health
 
-    problems = _run(health(_settings()))
+    settings = _settings()
+    problems = _run(health(settings), settings)
     for problem in problems:
         click.echo(f"unhealthy: {problem}", err=True)
     if problems:
@@ -183,7 +202,8 @@ def failed_list(include_requeued: bool, limit: int, as_json: bool) -> None:
             for r in rows
         ]
 
-    _print_rows(_run(_with_db(_settings(), fetch)), as_json)
+    settings = _settings()
+    _print_rows(_run(_with_db(settings, fetch), settings), as_json)
 
 
 @failed.command("requeue")
@@ -216,7 +236,7 @@ def failed_requeue(ids: tuple[int, ...]) -> None:
             await redis.aclose(close_connection_pool=True)
         return done
 
-    for line in _run(_with_db(settings, requeue)):
+    for line in _run(_with_db(settings, requeue), settings):
         click.echo(line)
 
 
@@ -242,7 +262,8 @@ def dead_letters(limit: int, as_json: bool) -> None:
             for r in rows
         ]
 
-    _print_rows(_run(_with_db(_settings(), fetch)), as_json)
+    settings = _settings()
+    _print_rows(_run(_with_db(settings, fetch), settings), as_json)
 
 
 if __name__ == "__main__":  # pragma: no cover

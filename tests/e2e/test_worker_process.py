@@ -302,3 +302,22 @@ def test_demo_runs_on_the_real_servers_when_configured(pg_database, redis_url, t
     )
     assert PASSWORD not in done.stdout + done.stderr
     assert not (tmp_path / "eventworker-demo.sqlite3").exists()
+
+
+@pytest.mark.parametrize("args", [["migrate"], ["failed", "list"], ["dead-letters"]])
+def test_cli_commands_fail_in_one_line_when_the_database_is_unreachable(args, redis_url):
+    """A CLI command that cannot reach the database prints one line, without the password, and exits 1."""
+    url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/nowhere"
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        env=_env(DATABASE_URL=url, REDIS_URL=redis_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "eventworker: ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 1)"
+    ]
+    assert PASSWORD not in done.stdout + done.stderr

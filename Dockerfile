@@ -1,0 +1,62 @@
+# syntax=docker/dockerfile:1
+#
+# eventworker image: `docker run IMAGE` starts a worker, `docker run IMAGE migrate` applies
+# migrations, any other CLI subcommand works the same way. Configure it with DATABASE_URL,
+# REDIS_URL and EVENTWORKER_* variables, or mount a settings.env at /app/settings.env.
+#
+# Two stages: the builder makes a wheel of the project and installs it, with its runtime
+# dependencies and the psycopg and mysql extras, into /opt/venv; the final image gets that
+# virtualenv only, so no source tree, build tool or pip cache ends up in it. Both stages use
+# the same base image, because the virtualenv's python is a link to the base's interpreter.
+
+FROM python:3.11-slim-bookworm AS builder
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /src
+# .dockerignore lets only the package sources and their metadata in.
+COPY . .
+
+# Every runtime dependency ships a manylinux wheel for CPython 3.11 (asyncmy, asyncpg,
+# psycopg-binary, orjson, hiredis, greenlet, ...), so the builder needs no compiler.
+# --only-binary=:all: keeps it that way: a new dependency without a wheel fails this step
+# instead of quietly needing build-essential (the project itself is still built from /src).
+# /tmp/dist then holds the project's wheel and the wheels of everything it needs, and the
+# install takes exactly those files, with no index to pick anything else.
+RUN pip wheel --no-cache-dir --only-binary=:all: --wheel-dir /tmp/dist ".[psycopg,mysql]" \
+    && pip install --no-cache-dir --no-index /tmp/dist/*.whl \
+    && rm -rf /tmp/dist
+
+
+FROM python:3.11-slim-bookworm
+
+# A fixed, numeric, non-root uid so that orchestrators can verify runAsNonRoot and volume
+# ownership can be planned; --no-log-init keeps the large uid from bloating /var/log/faillog.
+RUN groupadd --system --gid 10001 eventworker \
+    && useradd --system --no-log-init --uid 10001 --gid 10001 \
+        --home-dir /app --shell /usr/sbin/nologin eventworker \
+    && install -d -o 10001 -g 10001 /app
+
+COPY --from=builder /opt/venv /opt/venv
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    EVENTWORKER_LOG_FORMAT=json
+
+# Writable by the worker user: settings.env is read from here, and `eventworker demo`
+# keeps its SQLite file here.
+WORKDIR /app
+USER 10001:10001
+
+# Healthy while a worker's heartbeat in Redis is fresh and the database schema is current;
+# start-period gives a new worker time to connect and write its first heartbeat.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["eventworker", "check"]
+
+ENTRYPOINT ["eventworker"]
+CMD ["run"]
