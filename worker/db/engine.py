@@ -67,6 +67,7 @@ def make_engine(settings: Settings) -> AsyncEngine:
     engine = create_async_engine(
         url,
         pool_pre_ping=settings.db_pool_pre_ping,
+        hide_parameters=True,  # errors must not carry event payloads (or anything secret) into logs
         connect_args=_connect_args(driver, settings),
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
