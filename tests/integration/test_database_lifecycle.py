@@ -46,6 +46,23 @@ async def test_a_running_job_shows_its_name_in_pg_stat_activity(settings, db):
         await worker_db.dispose()
 
 
+async def test_pg_stat_activity_names_the_job_while_a_real_job_runs(settings, db, monkeypatch):
+    """Seen from another connection, a worker's ingest transaction is tagged ingest_events@<name>."""
+    from worker.db import statements
+
+    seen: list[list[str]] = []
+    original = statements.insert_events
+
+    async def observed(session, rows):
+        seen.append(await application_names(db, f"%{settings.connection_name}"))
+        return await original(session, rows)
+
+    monkeypatch.setattr(statements, "insert_events", observed)
+    await enqueue(settings, [[event(1)]])
+    await run_worker(settings)
+    assert seen == [[f"ingest_events@{settings.connection_name}"]]
+
+
 async def test_shutdown_disposes_the_engine(settings, db):
     """After on_shutdown no connection of the worker is left on the server."""
     ctx = _ctx(settings)

@@ -135,6 +135,33 @@ async def test_a_pickled_job_is_kept_and_never_unpickled(settings, db, tmp_path)
     assert "not JSON" in letter.errors[0]["msg"]
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"t":1,"f":"ingest_events","a":[[{"specversion":"1.0","id":"\xff\xfe","source":"/s","type":"t"}]],'
+        b'"k":{},"et":1}',
+        b'{"t":1,"f":"ingest_events","a":[[',
+        b"\x00\x01\x02 binary garbage",
+    ],
+    ids=["invalid-utf8", "truncated-json", "binary"],
+)
+async def test_job_bytes_that_are_not_json_are_kept_raw(settings, db, raw):
+    """Invalid UTF-8, truncated JSON or binary in a job key become one dead letter with the exact bytes."""
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        await client.set("arq:job:raw", raw)
+        await client.zadd(settings.queue_name, {"raw": int(time.time() * 1000)})
+    finally:
+        await client.aclose()
+    worker = await run_worker(settings)
+    assert worker.jobs_complete == 1
+    assert worker.jobs_failed == 0
+    async with db.transaction() as session:
+        letter = (await session.scalars(select(DeadLetter))).one()
+    assert letter.reason == "undecodable_job"
+    assert letter.raw == raw
+
+
 async def test_a_job_for_an_unknown_function_is_kept(settings, db):
     """A JSON job naming a function this worker lacks is kept, not silently failed."""
     raw = orjson.dumps({"f": "ingest_event", "a": [[event(1)]], "k": {}, "t": 1, "et": 1})
