@@ -95,6 +95,8 @@ def configure_logging(
     arq_logger.handlers.clear()  # arq's CLI gives it a plain handler of its own; ours is the root's
     arq_logger.propagate = True
     arq_logger.setLevel(level if level == "DEBUG" else "WARNING")
+    # asyncmy logs every server warning, one per skipped duplicate with its key: data, not news.
+    logging.getLogger("asyncmy").setLevel("ERROR")
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
