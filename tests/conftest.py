@@ -1,8 +1,14 @@
-"""Shared fixtures: fresh PostgreSQL databases copied from a migrated template, a clean Redis database.
+"""Shared fixtures: fresh databases on every supported driver, a clean Redis database.
+
+A test asking for ``settings`` (or ``database_url``) runs once per driver in
+:data:`BACKENDS`, each time on a fresh, migrated database: PostgreSQL copies of a
+migrated template (asyncpg, psycopg), MariaDB databases (aiomysql, asyncmy), a SQLite
+file (aiosqlite). ``pg_settings`` pins a test to PostgreSQL/asyncpg.
 
 Integration and e2e tests use the real servers on loopback. A server that is down
-makes the tests that need it error out loudly; nothing is skipped.
-Override the servers with EVENTWORKER_TEST_PG_URL and EVENTWORKER_TEST_REDIS_URL.
+makes the tests that need it error out loudly; nothing is skipped. Override the
+servers with EVENTWORKER_TEST_PG_URL, EVENTWORKER_TEST_MYSQL_URL and
+EVENTWORKER_TEST_REDIS_URL.
 """
 
 from __future__ import annotations
@@ -23,7 +29,12 @@ from worker.db import schema
 from worker.db.engine import Database
 
 PG_URL = os.environ.get("EVENTWORKER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+MYSQL_URL = os.environ.get("EVENTWORKER_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 REDIS_URL = os.environ.get("EVENTWORKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+#: Every async driver eventworker supports, as the driver part of the SQLAlchemy URL.
+BACKENDS = ("asyncpg", "psycopg", "aiomysql", "asyncmy", "aiosqlite")
+SERVER_BACKENDS = ("asyncpg", "psycopg", "aiomysql", "asyncmy")
 
 
 def _dsn(database: str) -> str:
@@ -39,9 +50,9 @@ async def _admin(*statements: str) -> None:
         await connection.close()
 
 
-def pg_database_url(database: str, password: str | None = None) -> str:
+def pg_database_url(database: str, password: str | None = None, driver: str = "asyncpg") -> str:
     """Async URL of ``database`` on the test server (trust auth accepts any password)."""
-    url = make_url(PG_URL).set(drivername="postgresql+asyncpg", database=database)
+    url = make_url(PG_URL).set(drivername=f"postgresql+{driver}", database=database)
     if password is not None:
         url = url.set(password=password)
     return url.render_as_string(hide_password=False)
@@ -106,11 +117,77 @@ async def redis_url() -> AsyncIterator[str]:
         await client.aclose()
 
 
+async def _mysql_admin(*statements: str) -> None:
+    import asyncmy
+
+    url = make_url(MYSQL_URL)
+    connection = await asyncmy.connect(
+        host=url.host or "127.0.0.1",
+        port=url.port or 3306,
+        user=url.username or "root",
+        password=url.password or "",
+    )
+    try:
+        async with connection.cursor() as cursor:
+            for statement in statements:
+                await cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+def mysql_database_url(database: str, driver: str) -> str:
+    """Async URL of ``database`` on the test MariaDB/MySQL server."""
+    url = make_url(MYSQL_URL).set(drivername=f"mysql+{driver}", database=database)
+    return url.render_as_string(hide_password=False)
+
+
+async def _migrate(url: str) -> None:
+    db = Database.from_settings(load_settings(database_url=url))
+    try:
+        await schema.upgrade(db.engine)
+    finally:
+        await db.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The driver under test (a test may narrow it with ``@pytest.mark.parametrize("backend", ...)``)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def settings(pg_url: str, redis_url: str) -> Settings:
-    """Settings for a worker on the test database and Redis, tuned for quick tests."""
+async def database_url(backend: str, pg_template: str, tmp_path) -> AsyncIterator[str]:
+    """Async URL of a fresh database at the head revision, on ``backend``; dropped afterwards."""
+    if backend in {"asyncpg", "psycopg"}:
+        name = await _fresh_database(pg_template)
+        yield pg_database_url(name, driver=backend)
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    elif backend in {"aiomysql", "asyncmy"}:
+        name = f"ew_test_{uuid.uuid4().hex[:12]}"
+        await _mysql_admin(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        url = mysql_database_url(name, backend)
+        await _migrate(url)
+        yield url
+        await _mysql_admin(f"DROP DATABASE IF EXISTS `{name}`")
+    elif backend == "aiosqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/eventworker.db"
+        await _migrate(url)
+        yield url
+    else:  # pragma: no cover - BACKENDS lists the choices
+        raise ValueError(backend)
+
+
+@pytest.fixture
+def unreachable_url(backend: str, database_url: str, tmp_path) -> str:
+    """A URL on ``backend`` that cannot be connected to (nothing listens / no such directory)."""
+    if backend == "aiosqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/missing-directory/eventworker.db"
+    return make_url(database_url).set(port=1).render_as_string(hide_password=False)
+
+
+def _test_settings(database_url: str, redis_url: str) -> Settings:
     return load_settings(
-        database_url=pg_url,
+        database_url=database_url,
         redis_url=redis_url,
         poll_delay=0.01,
         retry_base_delay=0.05,
@@ -121,9 +198,29 @@ def settings(pg_url: str, redis_url: str) -> Settings:
 
 
 @pytest.fixture
+def settings(database_url: str, redis_url: str) -> Settings:
+    """Settings on this test's database (each driver in turn) and Redis, tuned for quick tests."""
+    return _test_settings(database_url, redis_url)
+
+
+@pytest.fixture
+def pg_settings(pg_url: str, redis_url: str) -> Settings:
+    """Settings on a fresh PostgreSQL database through asyncpg, for PostgreSQL-only behaviour."""
+    return _test_settings(pg_url, redis_url)
+
+
+@pytest.fixture
 async def db(settings: Settings) -> AsyncIterator[Database]:
-    """The test database's engine and sessions, disposed after the test."""
+    """This test's database engine and sessions, disposed after the test."""
     database = Database.from_settings(settings)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+async def pg_db(pg_settings: Settings) -> AsyncIterator[Database]:
+    """The PostgreSQL test database's engine and sessions, disposed after the test."""
+    database = Database.from_settings(pg_settings)
     yield database
     await database.dispose()
 

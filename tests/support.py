@@ -64,14 +64,27 @@ async def count(db: Database, model: type[Event] | type[DeadLetter]) -> int:
         return int(await session.scalar(select(func.count()).select_from(model)) or 0)
 
 
-async def application_names(db: Database, like: str) -> list[str]:
-    """application_name of every server connection whose name matches ``like`` (other than ours)."""
+async def connection_names(db: Database, like: str) -> list[str]:
+    """Names the server shows for its other connections matching ``like``.
+
+    PostgreSQL: ``pg_stat_activity.application_name``; MySQL/MariaDB: the ``program_name``
+    connection attribute (needs performance_schema, which .ci/services turns on).
+    """
     async with db.engine.connect() as connection:
-        rows = await connection.execute(
-            text(
+        if db.dialect == "postgresql":
+            query = (
                 "SELECT application_name FROM pg_stat_activity "
                 "WHERE application_name LIKE :like AND pid <> pg_backend_pid()"
-            ),
-            {"like": like},
-        )
+            )
+        elif db.dialect == "mysql":
+            enabled = await connection.scalar(text("SELECT @@performance_schema"))
+            assert enabled == 1, "MariaDB/MySQL must run with performance_schema=ON (see .ci/services)"
+            query = (
+                "SELECT ATTR_VALUE FROM performance_schema.session_connect_attrs "
+                "WHERE ATTR_NAME = 'program_name' AND ATTR_VALUE LIKE :like "
+                "AND PROCESSLIST_ID <> CONNECTION_ID()"
+            )
+        else:
+            raise AssertionError(f"{db.dialect} has no server to show connections")
+        rows = await connection.execute(text(query), {"like": like})
         return [row[0] for row in rows]

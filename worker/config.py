@@ -240,7 +240,9 @@ def redact_redis_url(url: str) -> str:
 
 
 def _env_name(field: str) -> str:
-    return {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}.get(field, ENV_PREFIX + field.upper())
+    """The variable a setting is read from; ``field`` is a field name or an alias from an error's loc."""
+    name = field.upper()
+    return name if name in {"DATABASE_URL", "REDIS_URL"} else ENV_PREFIX + name.removeprefix(ENV_PREFIX)
 
 
 def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Settings:

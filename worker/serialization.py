@@ -55,6 +55,8 @@ def _job_problem(job: Any, known: Collection[str]) -> str | None:
         return "job arguments are not a list and an object"
     if not isinstance(job.get("et"), int):
         return "job has no enqueue time"
+    if "t" not in job or not (job["t"] is None or isinstance(job["t"], int)):
+        return "job has no try number"  # arq reads and compares it before running anything
     if job["f"] not in known:
         return f"no job named {job['f']!r} on this worker"
     return None

@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 from conftest import pg_database_url
-from support import application_names, count, event
+from support import connection_names, count, event
 
 from worker.config import load_settings
 from worker.db.engine import Database
@@ -129,9 +129,9 @@ async def test_worker_process_ingests_what_the_producer_command_sends(worker_env
         await _wait_for(db, Event, 1000)
         await _wait_for(db, DeadLetter, 2)
         name = worker_env["EVENTWORKER_APPLICATION_NAME"]
-        assert name in await application_names(db, f"%{name}")
+        assert name in await connection_names(db, f"%{name}")
         assert worker.stop() == 0
-        assert await application_names(db, f"%{name}") == []
+        assert await connection_names(db, f"%{name}") == []
     finally:
         await db.dispose()
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from conftest import SERVER_BACKENDS
 from sqlalchemy import text
-from support import application_names, enqueue, event, run_worker
+from support import connection_names, enqueue, event, run_worker
 
 from worker import lifecycle
 from worker.config import load_settings
@@ -21,31 +22,33 @@ def _ctx(settings) -> WorkerContext:
     return {"settings": settings, "worker_id": "test", "known_jobs": frozenset(), "redis": None}
 
 
+@pytest.mark.parametrize("backend", SERVER_BACKENDS)
 async def test_connections_carry_the_application_name(settings, db):
-    """A pooled connection shows the configured application_name in pg_stat_activity."""
-    worker_db = Database.from_settings(settings.model_copy(update={"application_name": "ew-tag-check"}))
+    """The server shows each pooled connection under the configured name (application_name / program_name)."""
+    tagged = Database.from_settings(settings.model_copy(update={"application_name": "ew-tag-check"}))
     try:
-        async with worker_db.engine.connect() as connection:
+        async with tagged.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
-            assert await application_names(db, "ew-tag-check") == ["ew-tag-check"]
+            assert await connection_names(db, "ew-tag-check") == ["ew-tag-check"]
     finally:
-        await worker_db.dispose()
+        await tagged.dispose()
 
 
-async def test_a_running_job_shows_its_name_in_pg_stat_activity(settings, db):
+async def test_a_running_job_shows_its_name_in_pg_stat_activity(pg_settings, pg_db):
     """While a job's transaction runs, application_name names the job; afterwards it reverts."""
-    worker_db = Database.from_settings(settings.model_copy(update={"application_name": "ew-job-tag"}))
+    worker_db = Database.from_settings(pg_settings.model_copy(update={"application_name": "ew-job-tag"}))
     try:
         async with worker_db.transaction("ingest_events") as session:
             await session.execute(text("SELECT 1"))
-            assert await application_names(db, "%ew-job-tag") == ["ingest_events@ew-job-tag"]
+            assert await connection_names(pg_db, "%ew-job-tag") == ["ingest_events@ew-job-tag"]
         async with worker_db.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
-            assert await application_names(db, "%ew-job-tag") == ["ew-job-tag"]
+            assert await connection_names(pg_db, "%ew-job-tag") == ["ew-job-tag"]
     finally:
         await worker_db.dispose()
 
 
+@pytest.mark.parametrize("backend", ["asyncpg", "psycopg"])
 async def test_pg_stat_activity_names_the_job_while_a_real_job_runs(settings, db, monkeypatch):
     """Seen from another connection, a worker's ingest transaction is tagged ingest_events@<name>."""
     from worker.db import statements
@@ -54,7 +57,7 @@ async def test_pg_stat_activity_names_the_job_while_a_real_job_runs(settings, db
     original = statements.insert_events
 
     async def observed(session, rows):
-        seen.append(await application_names(db, f"%{settings.connection_name}"))
+        seen.append(await connection_names(db, f"%{settings.connection_name}"))
         return await original(session, rows)
 
     monkeypatch.setattr(statements, "insert_events", observed)
@@ -63,18 +66,19 @@ async def test_pg_stat_activity_names_the_job_while_a_real_job_runs(settings, db
     assert seen == [[f"ingest_events@{settings.connection_name}"]]
 
 
+@pytest.mark.parametrize("backend", SERVER_BACKENDS)
 async def test_shutdown_disposes_the_engine(settings, db):
     """After on_shutdown no connection of the worker is left on the server."""
     ctx = _ctx(settings)
     await lifecycle.on_startup(ctx)
     async with ctx["db"].transaction("ingest_events") as session:
         await session.execute(text("SELECT 1"))
-    assert await application_names(db, f"%{settings.connection_name}") == [settings.connection_name]
+    assert await connection_names(db, f"%{settings.connection_name}") == [settings.connection_name]
     await lifecycle.on_shutdown(ctx)
-    assert await application_names(db, f"%{settings.connection_name}") == []
+    assert await connection_names(db, f"%{settings.connection_name}") == []
 
 
-async def test_sessions_are_returned_after_each_job(settings, db):
+async def test_sessions_are_returned_after_each_job(settings):
     """Once jobs finish, the worker's pool has no connection checked out."""
     seen: list[int] = []
     original = lifecycle.on_shutdown

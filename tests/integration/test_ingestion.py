@@ -221,3 +221,32 @@ async def test_concurrent_jobs_with_overlapping_events_store_each_once(settings)
     finally:
         for d in dbs:
             await d.dispose()
+
+
+async def test_identities_are_compared_byte_for_byte(settings, db):
+    """Case and trailing spaces make different identities on every database (binary collation)."""
+    source = unique_source()
+    batch = [
+        event("Order-1", source),
+        event("order-1", source),
+        event("order-1 ", source),
+        event("Order-1", source),
+    ]
+    [job_id] = await enqueue(settings, [batch])
+    await run_worker(settings)
+    assert await results(settings, [job_id]) == [{"accepted": 3, "duplicates": 1, "rejected": 0}]
+    async with db.transaction() as session:
+        ids = sorted((await session.scalars(select(Event.event_id))).all())
+    assert ids == ["evt-Order-1", "evt-order-1", "evt-order-1 "]
+
+
+async def test_times_are_stored_as_the_same_instant_in_utc(settings, db):
+    """An event time with an offset reads back as the same instant, in UTC, on every database."""
+    sent = event("tz", unique_source(), time="2026-03-04T05:06:07.891011+02:00")
+    await enqueue(settings, [[sent]])
+    await run_worker(settings)
+    async with db.transaction() as session:
+        stored = (await session.scalars(select(Event))).one()
+    assert stored.time is not None
+    assert stored.time.isoformat() == "2026-03-04T03:06:07.891011+00:00"
+    assert stored.received_at.tzinfo is not None

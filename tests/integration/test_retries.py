@@ -32,11 +32,9 @@ def _ctx(settings, db: Database, job_try: int) -> WorkerContext:
     }
 
 
-async def test_a_database_outage_is_retried_then_stored(settings, db):
+async def test_a_database_outage_is_retried_then_stored(settings, db, unreachable_url):
     """With the database unreachable the job asks arq to retry later; once it is back, the batch is stored."""
-    down = Database.from_settings(
-        settings.model_copy(update={"database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/x"})
-    )
+    down = Database.from_settings(settings.model_copy(update={"database_url": unreachable_url}))
     batch = [event(i) for i in range(10)]
     try:
         with pytest.raises(arq.Retry) as retry:
@@ -51,12 +49,10 @@ async def test_a_database_outage_is_retried_then_stored(settings, db):
     }
 
 
-async def test_back_off_grows_with_each_try(settings):
+async def test_back_off_grows_with_each_try(settings, unreachable_url):
     """Later tries wait longer: base * 2**(try-1), half of it fixed and half jitter."""
     slow = settings.model_copy(update={"retry_base_delay": 1.0, "retry_max_delay": 100.0})
-    down = Database.from_settings(
-        slow.model_copy(update={"database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/x"})
-    )
+    down = Database.from_settings(slow.model_copy(update={"database_url": unreachable_url}))
     delays = []
     try:
         for job_try in (1, 2, 3, 4):
@@ -69,11 +65,11 @@ async def test_back_off_grows_with_each_try(settings):
         assert 2 ** (job_try - 1) / 2 <= delay <= 2 ** (job_try - 1)
 
 
-async def test_the_last_try_records_the_job_and_the_cli_requeues_it(settings, db, monkeypatch):
+async def test_the_last_try_records_the_job_and_the_cli_requeues_it(
+    settings, db, monkeypatch, unreachable_url
+):
     """Out of tries, the job's arguments and error are kept; `failed requeue` runs it again."""
-    down = Database.from_settings(
-        settings.model_copy(update={"database_url": "postgresql+asyncpg://postgres@127.0.0.1:1/x"})
-    )
+    down = Database.from_settings(settings.model_copy(update={"database_url": unreachable_url}))
     batch = [event(i, unique_source()) for i in range(3)]
     # The failure can only be recorded where the database is reachable: record through `db`.
     ctx = _ctx(settings, down, settings.max_tries)

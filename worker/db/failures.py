@@ -1,34 +1,62 @@
-"""Driver exceptions mapped to eventworker's error tree, whichever driver raised them."""
+"""Driver exceptions mapped to eventworker's error tree, whichever driver raised them.
+
+A unique-key violation is a duplicate, not a failure. A connection error (refused,
+dropped, server shutting down, SQLite file unopenable or locked) is worth a retry
+with back-off. Anything else is "unexpected": also retried, but reported as such.
+"""
 
 from __future__ import annotations
-
-import asyncio
 
 from sqlalchemy import exc as sa_exc
 
 from worker.errors import DatabaseUnavailable
 
-#: SQLSTATE / MySQL error numbers for a unique-key violation.
+#: PostgreSQL SQLSTATEs: unique violation; and those that mean "connection gone or refused".
 _PG_UNIQUE = "23505"
+_PG_CONNECTION_CLASS = "08"
+_PG_UNAVAILABLE = frozenset({"57P01", "57P02", "57P03", "53300"})  # shutdown, crash, starting, too many
+#: MySQL/MariaDB error numbers: duplicate key; and client/server errors that mean "no connection".
 _MYSQL_DUPLICATE_KEY = 1062
+_MYSQL_UNAVAILABLE = frozenset({1040, 1053, 1927, 2002, 2003, 2005, 2006, 2013, 2055, 4031})
+#: SQLite messages that mean the file cannot be used right now (not a bad statement).
+_SQLITE_UNAVAILABLE = ("unable to open database file", "database is locked", "disk i/o error")
+
+
+def _sqlstate(orig: BaseException | None) -> str | None:
+    value = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return str(value) if value else None
+
+
+def _mysql_errno(orig: BaseException | None) -> int | None:
+    args = getattr(orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _operational_is_connection(exc: sa_exc.OperationalError) -> bool:
+    orig = exc.orig
+    sqlstate = _sqlstate(orig)
+    if sqlstate is not None:
+        return sqlstate.startswith(_PG_CONNECTION_CLASS) or sqlstate in _PG_UNAVAILABLE
+    errno = _mysql_errno(orig)
+    if errno is not None:
+        return errno in _MYSQL_UNAVAILABLE
+    message = str(orig).lower()
+    if type(orig).__module__.startswith("sqlite3") or "sqlite" in type(orig).__module__:
+        return any(text in message for text in _SQLITE_UNAVAILABLE)
+    return True  # an operational error with no code: the driver could not talk to the server
 
 
 def is_connection_error(exc: BaseException) -> bool:
     """True when ``exc`` means the database is unreachable or dropped us (worth a retry)."""
-    if isinstance(exc, DatabaseUnavailable):
+    if isinstance(exc, DatabaseUnavailable | ConnectionError | TimeoutError | OSError):
         return True
+    if isinstance(exc, sa_exc.TimeoutError | sa_exc.DisconnectionError | sa_exc.InterfaceError):
+        return True  # pool exhausted for pool_timeout seconds; connection unusable
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
-    return isinstance(
-        exc,
-        sa_exc.OperationalError
-        | sa_exc.InterfaceError
-        | sa_exc.TimeoutError  # pool exhausted for pool_timeout seconds
-        | sa_exc.DisconnectionError
-        | ConnectionError
-        | asyncio.TimeoutError
-        | OSError,
-    )
+    if isinstance(exc, sa_exc.OperationalError):
+        return _operational_is_connection(exc)
+    return False
 
 
 def is_unique_violation(exc: BaseException) -> bool:
@@ -36,9 +64,6 @@ def is_unique_violation(exc: BaseException) -> bool:
     if not isinstance(exc, sa_exc.IntegrityError):
         return False
     orig = exc.orig
-    if getattr(orig, "sqlstate", None) == _PG_UNIQUE or getattr(orig, "pgcode", None) == _PG_UNIQUE:
-        return True
-    args = getattr(orig, "args", ())
-    if args and args[0] == _MYSQL_DUPLICATE_KEY:
+    if _sqlstate(orig) == _PG_UNIQUE or _mysql_errno(orig) == _MYSQL_DUPLICATE_KEY:
         return True
     return "UNIQUE constraint failed" in str(orig)

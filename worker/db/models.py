@@ -16,7 +16,6 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
-    DateTime,
     Identity,
     Index,
     Integer,
@@ -29,6 +28,7 @@ from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from worker.constants import MAX_ID_LENGTH, MAX_SOURCE_LENGTH, MAX_SUBJECT_LENGTH, MAX_TYPE_LENGTH
+from worker.db.types import IdentityString, UtcDateTime
 
 #: SQLite only auto-increments an INTEGER PRIMARY KEY; elsewhere a 64-bit identity.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -36,8 +36,6 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 Json = JSON().with_variant(postgresql.JSONB(), "postgresql")
 #: Raw bytes of any size: bytea, LONGBLOB, BLOB.
 Blob = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql")
-#: Microsecond timestamps with time zone (MySQL's DATETIME keeps whole seconds unless told).
-Timestamp = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql")
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -50,7 +48,7 @@ class Base(DeclarativeBase):
     """Declarative base with constraint names that are the same on every database."""
 
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dict[str, Any]: Json, datetime: Timestamp}  # noqa: RUF012 (SQLAlchemy reads it)
+    type_annotation_map = {dict[str, Any]: Json, datetime: UtcDateTime()}  # noqa: RUF012 (SQLAlchemy reads it)
 
 
 class Event(Base):
@@ -64,8 +62,8 @@ class Event(Base):
     )
 
     seq: Mapped[int] = mapped_column(BigId, Identity(), primary_key=True)
-    source: Mapped[str] = mapped_column(String(MAX_SOURCE_LENGTH))
-    event_id: Mapped[str] = mapped_column(String(MAX_ID_LENGTH))
+    source: Mapped[str] = mapped_column(IdentityString(MAX_SOURCE_LENGTH))
+    event_id: Mapped[str] = mapped_column(IdentityString(MAX_ID_LENGTH))
     type: Mapped[str] = mapped_column(String(MAX_TYPE_LENGTH))
     specversion: Mapped[str] = mapped_column(String(8))
     time: Mapped[datetime | None]

@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql, postgresql
 
+from worker.db.types import IdentityString, UtcDateTime
+
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -41,7 +43,7 @@ def upgrade() -> None:
         sa.Column("digest", sa.String(length=64), nullable=False, comment="sha256 of raw, hex"),
         sa.Column(
             "received_at",
-            sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql"),
+            UtcDateTime(),
             nullable=False,
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_dead_letters")),
@@ -60,13 +62,11 @@ def upgrade() -> None:
             sa.Identity(always=False),
             nullable=False,
         ),
-        sa.Column("source", sa.String(length=512), nullable=False),
-        sa.Column("event_id", sa.String(length=255), nullable=False),
+        sa.Column("source", IdentityString(length=512), nullable=False),
+        sa.Column("event_id", IdentityString(length=255), nullable=False),
         sa.Column("type", sa.String(length=255), nullable=False),
         sa.Column("specversion", sa.String(length=8), nullable=False),
-        sa.Column(
-            "time", sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql"), nullable=True
-        ),
+        sa.Column("time", UtcDateTime(), nullable=True),
         sa.Column("subject", sa.String(length=1024), nullable=True),
         sa.Column("datacontenttype", sa.Text(), nullable=True),
         sa.Column("dataschema", sa.Text(), nullable=True),
@@ -83,7 +83,7 @@ def upgrade() -> None:
         ),
         sa.Column(
             "received_at",
-            sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql"),
+            UtcDateTime(),
             nullable=False,
         ),
         sa.Column("job_id", sa.String(length=64), nullable=True),
@@ -109,12 +109,12 @@ def upgrade() -> None:
         sa.Column("tries", sa.Integer(), nullable=False),
         sa.Column(
             "failed_at",
-            sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql"),
+            UtcDateTime(),
             nullable=False,
         ),
         sa.Column(
             "requeued_at",
-            sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql"),
+            UtcDateTime(),
             nullable=True,
         ),
         sa.Column("requeued_job_id", sa.String(length=64), nullable=True),
