@@ -175,6 +175,27 @@ class Settings(BaseSettings):
     max_event_bytes: PositiveInt = Field(
         1_048_576, description="Largest accepted event, as JSON; larger ones become dead letters."
     )
+    export_chunk_size: PositiveInt = Field(
+        10_000, description="Rows fetched per round trip when streaming the events table (exports, rebuilds)."
+    )
+    export_dir: str = Field("exports", description="Directory export jobs write to when given a bare file name.")
+    rollup_settle_seconds: Annotated[float, Field(ge=0)] | None = Field(
+        None,
+        description="MySQL/MariaDB only: rollups skip events received in the last N seconds, which may still"
+        " commit out of order; default 2 x job_timeout + 10.",
+    )
+    retention_days: PositiveFloat | None = Field(
+        None, description="Delete events older than this many days (by received_at) daily; unset keeps all."
+    )
+    dead_letter_retention_days: PositiveFloat | None = Field(
+        None, description="Delete dead letters older than this many days daily; unset keeps all."
+    )
+    retention_chunk_size: PositiveInt = Field(
+        5000, description="Rows deleted per transaction by retention, so no lock is held for long."
+    )
+    retention_export_dir: str | None = Field(
+        None, description="When set, retention first exports the events it deletes there (gzipped NDJSON)."
+    )
     startup_wait: Annotated[float, Field(ge=0)] = Field(
         30.0, description="Seconds a starting worker waits for the database before giving up."
     )

@@ -16,16 +16,19 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    ForeignKey,
     Identity,
     Index,
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects import mysql, postgresql
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from worker.constants import MAX_ID_LENGTH, MAX_SOURCE_LENGTH, MAX_SUBJECT_LENGTH, MAX_TYPE_LENGTH
 from worker.db.types import IdentityString, UtcDateTime
@@ -41,6 +44,7 @@ NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
     "pk": "pk_%(table_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
 }
 
 
@@ -59,6 +63,7 @@ class Event(Base):
         Index("uq_events_source_event_id", "source", "event_id", unique=True),
         Index("ix_events_type_time", "type", "time"),
         Index("ix_events_received_at", "received_at"),
+        Index("ix_events_txid", "txid"),
     )
 
     seq: Mapped[int] = mapped_column(BigId, Identity(), primary_key=True)
@@ -75,6 +80,10 @@ class Event(Base):
     extensions: Mapped[dict[str, Any] | None]
     received_at: Mapped[datetime]
     job_id: Mapped[str | None] = mapped_column(String(64))
+    txid: Mapped[int | None] = mapped_column(
+        BigInteger,
+        comment="PostgreSQL: inserting transaction id (xid8), set by the server; rollup checkpoints",
+    )
 
 
 class DeadLetter(Base):
@@ -115,3 +124,54 @@ class FailedJob(Base):
     failed_at: Mapped[datetime]
     requeued_at: Mapped[datetime | None]
     requeued_job_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class Rollup(Base):
+    """Event counts per (type, source) in one minute or one hour bucket of event time."""
+
+    __tablename__ = "rollups"
+    __table_args__ = (Index("ix_rollups_bucket_start", "bucket_start"),)
+
+    bucket_seconds: Mapped[int] = mapped_column(SmallInteger, primary_key=True, comment="60 or 3600")
+    bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
+    series: Mapped[str] = mapped_column(
+        String(32),
+        primary_key=True,
+        comment="hash of (type, source): the pair is too long to be a key on MySQL",
+    )
+    type: Mapped[str] = mapped_column(String(MAX_TYPE_LENGTH))
+    source: Mapped[str] = mapped_column(IdentityString(MAX_SOURCE_LENGTH))
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
+class Checkpoint(Base):
+    """How far an incremental job has read the events table."""
+
+    __tablename__ = "checkpoints"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(
+        BigInteger, comment="seq high-water mark, or a PostgreSQL xid8 horizon"
+    )
+    updated_at: Mapped[datetime]
+
+
+class HandlerRun(Base):
+    """One registered handler's run for one stored event (the outbox for event handlers)."""
+
+    __tablename__ = "handler_runs"
+    __table_args__ = (
+        UniqueConstraint("event_seq", "handler", name="uq_handler_runs_event_seq_handler"),
+        Index("ix_handler_runs_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, Identity(), primary_key=True)
+    event_seq: Mapped[int] = mapped_column(BigId, ForeignKey("events.seq", ondelete="CASCADE"))
+    handler: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), comment="pending, done or failed")
+    tries: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    event: Mapped[Event] = relationship(lazy="raise")
