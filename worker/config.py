@@ -178,7 +178,9 @@ class Settings(BaseSettings):
     export_chunk_size: PositiveInt = Field(
         10_000, description="Rows fetched per round trip when streaming the events table (exports, rebuilds)."
     )
-    export_dir: str = Field("exports", description="Directory export jobs write to when given a bare file name.")
+    export_dir: str = Field(
+        "exports", description="Directory export jobs write to when given a bare file name."
+    )
     rollup_settle_seconds: Annotated[float, Field(ge=0)] | None = Field(
         None,
         description="MySQL/MariaDB only: rollups skip events received in the last N seconds, which may still"
