@@ -107,12 +107,23 @@ async def empty_pg_url() -> AsyncIterator[str]:
 
 @pytest.fixture
 async def redis_url() -> AsyncIterator[str]:
-    """A Redis database emptied before and after the test."""
+    """The test Redis, checked to answer. Tests share it, so each uses its own queue (``queue_name``)."""
     client = aioredis.from_url(REDIS_URL)
     try:
-        await client.flushdb()
-        yield REDIS_URL
-        await client.flushdb()
+        await client.ping()
+    finally:
+        await client.aclose()
+    return REDIS_URL
+
+
+@pytest.fixture
+async def queue_name(redis_url: str) -> AsyncIterator[str]:
+    """A queue no other test (or parallel test run) uses; its keys are removed afterwards."""
+    name = f"ew-test:{uuid.uuid4().hex[:12]}"
+    yield name
+    client = aioredis.from_url(redis_url)
+    try:
+        await client.delete(name, name + ":health-check")
     finally:
         await client.aclose()
 
@@ -185,10 +196,11 @@ def unreachable_url(backend: str, database_url: str, tmp_path) -> str:
     return make_url(database_url).set(port=1).render_as_string(hide_password=False)
 
 
-def _test_settings(database_url: str, redis_url: str) -> Settings:
+def _test_settings(database_url: str, redis_url: str, queue_name: str) -> Settings:
     return load_settings(
         database_url=database_url,
         redis_url=redis_url,
+        queue_name=queue_name,
         poll_delay=0.01,
         retry_base_delay=0.05,
         retry_max_delay=0.2,
@@ -198,15 +210,15 @@ def _test_settings(database_url: str, redis_url: str) -> Settings:
 
 
 @pytest.fixture
-def settings(database_url: str, redis_url: str) -> Settings:
-    """Settings on this test's database (each driver in turn) and Redis, tuned for quick tests."""
-    return _test_settings(database_url, redis_url)
+def settings(database_url: str, redis_url: str, queue_name: str) -> Settings:
+    """Settings on this test's database (each driver in turn), Redis and own queue, tuned for quick tests."""
+    return _test_settings(database_url, redis_url, queue_name)
 
 
 @pytest.fixture
-def pg_settings(pg_url: str, redis_url: str) -> Settings:
+def pg_settings(pg_url: str, redis_url: str, queue_name: str) -> Settings:
     """Settings on a fresh PostgreSQL database through asyncpg, for PostgreSQL-only behaviour."""
-    return _test_settings(pg_url, redis_url)
+    return _test_settings(pg_url, redis_url, queue_name)
 
 
 @pytest.fixture

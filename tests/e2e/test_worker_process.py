@@ -20,6 +20,7 @@ from support import connection_names, count, event
 from worker.config import load_settings
 from worker.db.engine import Database
 from worker.db.models import DeadLetter, Event
+from worker.db.schema import head_revision
 
 pytestmark = pytest.mark.e2e
 
@@ -71,10 +72,11 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def worker_env(pg_database, redis_url) -> dict[str, str]:
+def worker_env(pg_database, redis_url, queue_name) -> dict[str, str]:
     return _env(
         DATABASE_URL=pg_database_url(pg_database, password=PASSWORD),
         REDIS_URL=redis_url,
+        EVENTWORKER_QUEUE_NAME=queue_name,
         EVENTWORKER_APPLICATION_NAME=f"ew-e2e-{uuid.uuid4().hex[:8]}",
         EVENTWORKER_POLL_DELAY="0.01",
     )
@@ -206,12 +208,12 @@ def test_a_sync_driver_url_is_refused_at_start_up(url, advice, command, redis_ur
     assert "pw-secret-1" not in done.stderr + done.stdout
 
 
-def test_a_worker_refuses_an_unmigrated_database(empty_pg_url, redis_url):
+def test_a_worker_refuses_an_unmigrated_database(empty_pg_url, redis_url, queue_name):
     """Start-up on a database without the schema exits non-zero, naming `eventworker migrate`."""
     url = empty_pg_url.replace("postgres@", f"postgres:{PASSWORD}@")
     done = subprocess.run(
         [sys.executable, "-m", "worker", "run"],
-        env=_env(DATABASE_URL=url, REDIS_URL=redis_url),
+        env=_env(DATABASE_URL=url, REDIS_URL=redis_url, EVENTWORKER_QUEUE_NAME=queue_name),
         capture_output=True,
         text=True,
         timeout=60,
@@ -222,9 +224,9 @@ def test_a_worker_refuses_an_unmigrated_database(empty_pg_url, redis_url):
     assert PASSWORD not in done.stderr + done.stdout
 
 
-def test_migrate_then_check(empty_pg_url, redis_url):
+def test_migrate_then_check(empty_pg_url, redis_url, queue_name):
     """`migrate` brings an empty database to head; `check` then only misses a worker heartbeat."""
-    env = _env(DATABASE_URL=empty_pg_url, REDIS_URL=redis_url)
+    env = _env(DATABASE_URL=empty_pg_url, REDIS_URL=redis_url, EVENTWORKER_QUEUE_NAME=queue_name)
     run = lambda *args: subprocess.run(  # noqa: E731
         [sys.executable, "-m", "worker", *args],
         env=env,
@@ -238,11 +240,12 @@ def test_migrate_then_check(empty_pg_url, redis_url):
     assert "eventworker migrate" in before.stderr
     migrated = run("migrate")
     assert migrated.returncode == 0
-    assert "schema (empty) -> 0001" in migrated.stdout
+    assert f"schema (empty) -> {head_revision()}" in migrated.stdout
     after = run("check")
     assert after.returncode == 1
     assert [line for line in after.stderr.splitlines() if line.startswith("unhealthy")] == [
-        "unhealthy: no worker heartbeat in Redis for queue arq:queue (written every 10s by a running worker)"
+        f"unhealthy: no worker heartbeat in Redis for queue {queue_name}"
+        " (written every 10s by a running worker)"
     ]
 
 
@@ -283,9 +286,13 @@ def test_demo_runs_on_the_embedded_default(tmp_path):
     assert (tmp_path / "eventworker-demo.sqlite3").exists()
 
 
-def test_demo_runs_on_the_real_servers_when_configured(pg_database, redis_url, tmp_path):
+def test_demo_runs_on_the_real_servers_when_configured(pg_database, redis_url, queue_name, tmp_path):
     """The same command with DATABASE_URL and REDIS_URL set runs against PostgreSQL and Redis."""
-    env = _env(DATABASE_URL=pg_database_url(pg_database, password=PASSWORD), REDIS_URL=redis_url)
+    env = _env(
+        DATABASE_URL=pg_database_url(pg_database, password=PASSWORD),
+        REDIS_URL=redis_url,
+        EVENTWORKER_QUEUE_NAME=queue_name,
+    )
     done = subprocess.run(
         [sys.executable, "-m", "worker", "demo", "--events", "800"],
         env=env,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import time
+import uuid
 from pathlib import Path
 
 import orjson
@@ -119,10 +120,11 @@ async def test_a_pickled_job_is_kept_and_never_unpickled(settings, db, tmp_path)
     """Bytes that are not our JSON (here a pickle that would create a file) are stored raw, not executed."""
     marker = tmp_path / "pwned"
     raw = pickle.dumps({"f": "ingest_events", "a": [_Exploit(marker)], "k": {}, "t": 1, "et": 0})
+    job_id = uuid.uuid4().hex
     client = aioredis.from_url(settings.redis_url)
     try:
-        await client.set("arq:job:evil", raw)
-        await client.zadd(settings.queue_name, {"evil": int(time.time() * 1000)})
+        await client.set(f"arq:job:{job_id}", raw)
+        await client.zadd(settings.queue_name, {job_id: int(time.time() * 1000)})
     finally:
         await client.aclose()
     await run_worker(settings)
@@ -131,7 +133,7 @@ async def test_a_pickled_job_is_kept_and_never_unpickled(settings, db, tmp_path)
         letter = (await session.scalars(select(DeadLetter))).one()
     assert letter.reason == "undecodable_job"
     assert letter.raw == raw
-    assert letter.job_id == "evil"
+    assert letter.job_id == job_id
     assert "not JSON" in letter.errors[0]["msg"]
 
 
@@ -147,10 +149,11 @@ async def test_a_pickled_job_is_kept_and_never_unpickled(settings, db, tmp_path)
 )
 async def test_job_bytes_that_are_not_json_are_kept_raw(settings, db, raw):
     """Invalid UTF-8, truncated JSON or binary in a job key become one dead letter with the exact bytes."""
+    job_id = uuid.uuid4().hex
     client = aioredis.from_url(settings.redis_url)
     try:
-        await client.set("arq:job:raw", raw)
-        await client.zadd(settings.queue_name, {"raw": int(time.time() * 1000)})
+        await client.set(f"arq:job:{job_id}", raw)
+        await client.zadd(settings.queue_name, {job_id: int(time.time() * 1000)})
     finally:
         await client.aclose()
     worker = await run_worker(settings)
@@ -165,10 +168,11 @@ async def test_job_bytes_that_are_not_json_are_kept_raw(settings, db, raw):
 async def test_a_job_for_an_unknown_function_is_kept(settings, db):
     """A JSON job naming a function this worker lacks is kept, not silently failed."""
     raw = orjson.dumps({"f": "ingest_event", "a": [[event(1)]], "k": {}, "t": 1, "et": 1})
+    job_id = uuid.uuid4().hex
     client = aioredis.from_url(settings.redis_url)
     try:
-        await client.set("arq:job:typo", raw)
-        await client.zadd(settings.queue_name, {"typo": int(time.time() * 1000)})
+        await client.set(f"arq:job:{job_id}", raw)
+        await client.zadd(settings.queue_name, {job_id: int(time.time() * 1000)})
     finally:
         await client.aclose()
     await run_worker(settings)

@@ -89,6 +89,7 @@ async def test_the_last_try_records_the_job_and_the_cli_requeues_it(
 
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
     monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("EVENTWORKER_QUEUE_NAME", settings.queue_name)
     runner = CliRunner()
 
     def invoke(*args: str):  # the CLI runs its own event loop: give it a thread

@@ -16,14 +16,14 @@ pytestmark = pytest.mark.integration
 
 
 async def test_a_job_written_with_plain_redis_commands_is_ingested(settings, db):
-    """SET arq:job:<id> <JSON> + ZADD arq:queue <ms> <id>, exactly as the README shows, stores the events."""
+    """SET arq:job:<id> <JSON> + ZADD <queue> <ms> <id>, exactly as the README shows, stores the events."""
     job_id = uuid.uuid4().hex
     now_ms = int(time.time() * 1000)
     payload = {"t": 1, "f": "ingest_events", "a": [[event(1), event(2)]], "k": {}, "et": now_ms}
     client = aioredis.from_url(settings.redis_url)
     try:
         await client.set(f"arq:job:{job_id}", orjson.dumps(payload), px=86_400_000, nx=True)
-        await client.zadd("arq:queue", {job_id: now_ms})
+        await client.zadd(settings.queue_name, {job_id: now_ms})  # arq:queue unless configured
     finally:
         await client.aclose()
     await run_worker(settings)

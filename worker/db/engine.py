@@ -8,9 +8,10 @@ PostgreSQL, the tag also names the job (``SET LOCAL`` through ``set_config``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -91,6 +92,9 @@ class Database:
     sessionmaker: async_sessionmaker[AsyncSession]
     application_name: str
     tag_transactions: bool = True
+    #: SQLite has one writer at a time: this process queues its own transactions instead of
+    #: waiting on the file lock (other processes still wait up to the busy timeout).
+    _sqlite_writer: asyncio.Lock = field(default_factory=asyncio.Lock, compare=False, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -114,6 +118,10 @@ class Database:
 
         On PostgreSQL the connection's application_name names the job for the transaction's duration.
         """
+        if self.dialect == "sqlite":
+            async with self._sqlite_writer, self.sessionmaker() as session, session.begin():
+                yield session
+            return
         async with self.sessionmaker() as session, session.begin():
             if job_name and self.tag_transactions and self.dialect == "postgresql":
                 tag = job_application_name(self.application_name, job_name)
