@@ -74,7 +74,7 @@ def normalize_database_url(raw: str) -> str:
     """
     try:
         url = make_url(raw)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ConfigError(
             "DATABASE_URL", "is not a database URL (expected e.g. postgresql://host/db)"
         ) from None
@@ -104,7 +104,8 @@ def default_application_name() -> str:
     """``eventworker:<host>:<pid>``, cut to what PostgreSQL keeps."""
     pid = str(os.getpid())
     room = MAX_APPLICATION_NAME - len("eventworker::") - len(pid)
-    return f"eventworker:{socket.gethostname()[:room]}:{pid}"
+    host = socket.gethostname().encode()[:room].decode(errors="ignore")  # PostgreSQL counts bytes
+    return f"eventworker:{host}:{pid}"
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -273,8 +274,9 @@ def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Setti
 
     The env file is ``env_file``, else ``$EVENTWORKER_ENV_FILE``, else ``./settings.env`` if it exists.
     """
-    path = env_file or os.environ.get(ENV_PREFIX + "ENV_FILE") or DEFAULT_ENV_FILE
-    if env_file is not None and not Path(path).is_file():
+    named = env_file or os.environ.get(ENV_PREFIX + "ENV_FILE")
+    path = named or DEFAULT_ENV_FILE
+    if named and not Path(path).is_file():
         raise ConfigError(ENV_PREFIX + "ENV_FILE", f"env file {path} does not exist")
     try:
         return Settings(_env_file=path if Path(path).is_file() else None, **overrides)
@@ -282,4 +284,8 @@ def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Setti
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "settings"
         message = str(first["msg"]).removeprefix("Value error, ")
-        raise ConfigError(_env_name(field), message) from None
+        name = _env_name(field)
+        prefixed = ENV_PREFIX + name
+        if name in {"DATABASE_URL", "REDIS_URL"} and name not in os.environ and prefixed in os.environ:
+            name = prefixed  # the error names the variable that was actually set
+        raise ConfigError(name, message) from None

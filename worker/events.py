@@ -14,7 +14,16 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from worker.constants import MAX_ID_LENGTH, MAX_SOURCE_LENGTH, MAX_SUBJECT_LENGTH, MAX_TYPE_LENGTH
 
@@ -22,6 +31,8 @@ from worker.constants import MAX_ID_LENGTH, MAX_SOURCE_LENGTH, MAX_SUBJECT_LENGT
 _EXTENSION_NAME = re.compile(r"[a-z0-9]+")
 
 NonEmpty = Annotated[str, Field(min_length=1)]
+#: A number in a string: pydantic would read it as a Unix timestamp, which RFC 3339 is not.
+_NUMBER = re.compile(r"\s*[+-]?\d+(\.\d*)?\s*")
 
 
 class CloudEvent(BaseModel):
@@ -55,6 +66,13 @@ class CloudEvent(BaseModel):
             raise ValueError(f"{bad}: strings must be valid UTF-8 without NUL characters")
         if value.get("data") is not None and value.get("data_base64") is not None:
             raise ValueError("data and data_base64 are mutually exclusive")
+        return value
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: Any) -> Any:
+        if isinstance(value, str) and _NUMBER.fullmatch(value):
+            raise ValueError("time must be an RFC 3339 timestamp (e.g. 2026-01-02T03:04:05Z), not a number")
         return value
 
     @model_validator(mode="after")

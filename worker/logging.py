@@ -18,8 +18,11 @@ import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-#: ``scheme://user:password@`` in any text.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)(?P<secret>[^\s@/]+)(?P<at>@)")
+#: ``scheme://user:password@`` in any text. The scheme may only start where a word starts and is
+#: at most 32 characters, so a long run of letters is scanned once, not once per position.
+_URL_PASSWORD = re.compile(
+    r"(?<![a-zA-Z0-9+.-])(?P<head>[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^\s:/@]*:)(?P<secret>[^\s@/]+)(?P<at>@)"
+)
 REDACTED = "***"
 #: Secrets shorter than this are only scrubbed inside URLs: replacing every "ab" would mangle logs.
 MIN_LITERAL_SECRET = 4
@@ -39,7 +42,10 @@ class RedactingRenderer:
 
     def __init__(self, renderer: Processor, secrets: Iterable[str] = ()) -> None:
         self._renderer = renderer
-        self._secrets = tuple(s for s in secrets if s)
+        # In JSON output a secret holding " or \ appears escaped: scrub that spelling too.
+        plain = [s for s in secrets if s]
+        escaped = [orjson.dumps(s).decode()[1:-1] for s in plain]
+        self._secrets = tuple(dict.fromkeys(sorted([*plain, *escaped], key=len, reverse=True)))
 
     def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
         rendered = self._renderer(logger, name, event_dict)

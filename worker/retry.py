@@ -37,7 +37,7 @@ def backoff(job_try: int, base: float, cap: float, rand: Callable[[], float] = r
 
     Half the delay is fixed and half random, so retries spread out but never come at once.
     """
-    delay = min(cap, base * 2.0 ** max(job_try - 1, 0))
+    delay = min(cap, base * 2.0 ** min(max(job_try - 1, 0), 64))  # 2**64: past any cap, no overflow
     return delay / 2 + rand() * delay / 2
 
 

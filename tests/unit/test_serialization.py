@@ -1,0 +1,200 @@
+"""Jobs and results travel as JSON; the worker's deserializer never raises and never unpickles."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import time
+from datetime import UTC, date, datetime
+
+import orjson
+import pytest
+
+from worker.constants import INGEST_JOB, UNDECODABLE_JOB
+from worker.serialization import deserialize, job_deserializer, serialize, undecodable_job
+
+KNOWN = frozenset({INGEST_JOB, UNDECODABLE_JOB})
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"a": [1, 2.5, None, True, "é"]}, {"a": [1, 2.5, None, True, "é"]}),
+        (ValueError("bad input"), {"error": "ValueError", "message": "bad input"}),
+        (KeyError("k"), {"error": "KeyError", "message": "'k'"}),
+        (b"\x00\xffraw", {"base64": base64.b64encode(b"\x00\xffraw").decode()}),
+        (bytearray(b"ab"), {"base64": "YWI="}),
+        (datetime(2024, 5, 1, 10, 30, tzinfo=UTC), "2024-05-01T10:30:00+00:00"),
+        (date(2024, 5, 1), "2024-05-01"),
+        ((1, "two"), [1, "two"]),
+        (frozenset({3}), [3]),
+        ({1: "int key"}, {"1": "int key"}),
+        (
+            {"result": {"accepted": 3, "error": RuntimeError("x")}},
+            {"result": {"accepted": 3, "error": {"error": "RuntimeError", "message": "x"}}},
+        ),
+    ],
+)
+def test_serialize_round_trip(value, expected):
+    """serialize writes JSON (exceptions, bytes, dates, tuples made JSON-ready); deserialize reads it back."""
+    data = serialize(value)
+    assert isinstance(data, bytes)
+    assert json.loads(data) == expected
+    assert deserialize(data) == expected
+
+
+def test_serialize_refuses_other_objects():
+    """An object with no JSON form is a TypeError, not a pickle."""
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        serialize({"x": object()})
+
+
+def test_deserialize_accepts_lone_surrogate_escapes():
+    """JSON that orjson refuses (an escaped lone surrogate) is read by the stdlib, still as JSON."""
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(b'["\\ud800"]')
+    assert deserialize(b'{"a": ["\\ud800", 1]}') == {"a": ["\ud800", 1]}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pickle.dumps({"f": INGEST_JOB, "a": [[]], "k": {}, "t": 1, "et": 1}),
+        pickle.dumps({"f": INGEST_JOB, "a": [[]], "k": {}, "t": 1, "et": 1}, protocol=0),
+        b"\xff\xfe\xfa not utf-8",
+        b"\xc3\x28",
+        b"",
+        b"not json",
+        b'{"f": "ingest_events", ',
+        b"[1, 2, 3]",
+        b'"a string"',
+        b"null",
+        b'{"a": [[]], "k": {}, "t": 1, "et": 1}',
+        b'{"f": 12, "a": [], "k": {}, "t": 1, "et": 1}',
+        b'{"f": "ingest_events", "a": {}, "k": {}, "t": 1, "et": 1}',
+        b'{"f": "ingest_events", "a": [], "k": [], "t": 1, "et": 1}',
+        b'{"f": "ingest_events", "a": [], "k": {}, "t": 1}',
+        b'{"f": "ingest_events", "a": [], "k": {}, "t": 1, "et": "yesterday"}',
+        b'{"f": "os.system", "a": ["rm -rf /"], "k": {}, "t": 1, "et": 1}',
+        b"[" * 5000 + b"]" * 5000,
+        b'{"a":' * 3000 + b"1" + b"}" * 3000,
+    ],
+    ids=[
+        "pickle",
+        "pickle-protocol-0",
+        "invalid-utf8",
+        "invalid-utf8-short",
+        "empty",
+        "not-json",
+        "truncated-json",
+        "json-list",
+        "json-string",
+        "json-null",
+        "no-function",
+        "function-not-string",
+        "args-not-list",
+        "kwargs-not-object",
+        "no-enqueue-time",
+        "enqueue-time-not-int",
+        "unknown-function",
+        "deep-array",
+        "deep-object",
+    ],
+)
+def test_job_deserializer_turns_anything_else_into_the_dead_letter_job(data):
+    """Bytes that are not our JSON job become a call to UNDECODABLE_JOB carrying them, base64, exactly."""
+    job = job_deserializer(KNOWN)(data)
+    assert job["f"] == UNDECODABLE_JOB
+    raw, problem = job["a"]
+    assert base64.b64decode(raw, validate=True) == data
+    assert isinstance(problem, str)
+    assert problem
+    assert job["k"] == {}
+    assert job["t"] is None
+    assert isinstance(job["et"], int)
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"\x80\x04K\x01.", "not JSON"),
+        (b"[]", "job is not a JSON object"),
+        (b'{"a": [], "k": {}, "et": 1}', "job has no function name"),
+        (b'{"f": "ingest_events", "a": 1, "k": {}, "et": 1}', "job arguments are not a list and an object"),
+        (b'{"f": "ingest_events", "a": [], "k": {}}', "job has no enqueue time"),
+        (b'{"f": "rollup", "a": [], "k": {}, "t": 1, "et": 1}', "no job named 'rollup' on this worker"),
+    ],
+)
+def test_job_deserializer_says_what_is_wrong(data, problem):
+    """The dead-letter job's second argument says why the bytes were not a job."""
+    assert job_deserializer(KNOWN)(data)["a"][1].startswith(problem)
+
+
+def test_job_deserializer_never_unpickles():
+    """A pickle that would run code when loaded is stored, not loaded."""
+
+    class Boom:
+        def __reduce__(self):
+            return (pytest.fail, ("the worker unpickled a job",))
+
+    data = pickle.dumps({"f": INGEST_JOB, "a": [Boom()], "k": {}, "t": 1, "et": 1})
+    assert job_deserializer(KNOWN)(data)["f"] == UNDECODABLE_JOB
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        {
+            "f": INGEST_JOB,
+            "a": [[{"specversion": "1.0", "id": "1"}]],
+            "k": {},
+            "t": None,
+            "et": 1714559400000,
+        },
+        {"f": INGEST_JOB, "a": [], "k": {"events": []}, "t": 3, "et": 1},
+        {"f": UNDECODABLE_JOB, "a": ["AAE=", "why"], "k": {}, "t": 1, "et": 1},
+    ],
+)
+def test_job_deserializer_passes_valid_jobs_through(job):
+    """A well-formed job for a known function comes out exactly as it went in."""
+    assert job_deserializer(KNOWN)(orjson.dumps(job)) == job
+    assert job_deserializer(KNOWN)(serialize(job)) == job
+
+
+def test_job_deserializer_reads_lone_surrogate_escapes():
+    """Events holding an escaped lone surrogate still decode (the event is rejected later, not the job)."""
+    data = b'{"f": "ingest_events", "a": [[{"id": "\\udc80"}]], "k": {}, "t": 1, "et": 1}'
+    assert job_deserializer(KNOWN)(data)["a"] == [[{"id": "\udc80"}]]
+
+
+def test_job_deserializer_only_knows_the_given_jobs():
+    """A job is only passed through to a worker that has that function."""
+    data = orjson.dumps({"f": INGEST_JOB, "a": [], "k": {}, "t": 1, "et": 1})
+    assert job_deserializer({UNDECODABLE_JOB})(data)["f"] == UNDECODABLE_JOB
+
+
+def test_undecodable_job_record():
+    """undecodable_job builds an arq job record with the raw bytes, the problem and an enqueue time of now."""
+    before = int(time.time() * 1000)
+    job = undecodable_job(b"\x80raw", "not JSON")
+    assert job["f"] == UNDECODABLE_JOB
+    assert job["a"] == [base64.b64encode(b"\x80raw").decode(), "not JSON"]
+    assert before <= job["et"] <= int(time.time() * 1000)
+    assert orjson.loads(serialize(job)) == job
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"f": "ingest_events", "a": [[]], "k": {}, "et": 1}',
+        b'{"f": "ingest_events", "a": [[]], "k": {}, "t": "1", "et": 1}',
+        b'{"f": "ingest_events", "a": [[]], "k": {}, "t": [1], "et": 1}',
+    ],
+    ids=["no-try", "try-a-string", "try-a-list"],
+)
+def test_job_deserializer_checks_the_try_field(data):
+    """A job without an integer-or-null 't' (arq reads and compares it) becomes the dead-letter job."""
+    job = job_deserializer(KNOWN)(data)
+    assert job["f"] == UNDECODABLE_JOB
+    assert job["a"] == [base64.b64encode(data).decode(), "job has no try number"]
