@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 if TYPE_CHECKING:
     from worker.config import Settings
     from worker.db.engine import Database
+    from worker.metrics import Metrics
 
 
 class WorkerContext(TypedDict):
@@ -23,6 +24,8 @@ class WorkerContext(TypedDict):
     """arq's ``ArqRedis`` pool, set by arq before start-up."""
     db: NotRequired[Database]
     """The engine and session factory, created in ``on_startup`` and disposed in ``on_shutdown``."""
+    metrics: NotRequired[Metrics]
+    """This worker's Prometheus metrics, created in ``on_startup``."""
     job_id: NotRequired[str]
     """arq's id of the running job (per job)."""
     job_try: NotRequired[int]

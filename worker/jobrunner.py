@@ -67,6 +67,9 @@ async def _give_up(
         log.error("job.failure_not_recorded", error=type(exc).__name__, retry_in_s=round(delay, 2))
         raise Retry(defer=delay) from exc
     log.error("job.failed", failed_job_id=failed_id, tries=tries, error=error[:500])
+    metrics = ctx.get("metrics")
+    if metrics is not None:
+        metrics.jobs_failed.labels(name).inc()
     raise JobFailed(failed_id, error[:500])
 
 
@@ -83,11 +86,16 @@ def job(function: JobFunction) -> JobFunction:
             await _give_up(
                 ctx, name, args, kwargs, "interrupted on every try (worker killed or timed out)", job_try - 1
             )
+        metrics = ctx.get("metrics")
+        if metrics is not None:
+            metrics.jobs_started.labels(name).inc()
         started = time.perf_counter()
         try:
             async with asyncio.timeout(settings.job_timeout):
                 result = await function(ctx, *args, **kwargs)
         except Exception as exc:
+            if metrics is not None:
+                metrics.job_duration.labels(name).observe(time.perf_counter() - started)
             decision = decide(
                 exc, job_try, settings.max_tries, base=settings.retry_base_delay, cap=settings.retry_max_delay
             )
@@ -99,10 +107,16 @@ def job(function: JobFunction) -> JobFunction:
                     retry_in_s=round(decision.delay, 2),
                     error=redact_text(error, settings.secrets())[:500],
                 )
+                if metrics is not None:
+                    metrics.jobs_retried.labels(name).inc()
                 raise Retry(defer=decision.delay) from exc
             assert isinstance(decision, GiveUp)
             await _give_up(ctx, name, args, kwargs, f"{decision.reason}: {error}", job_try)
-        log.debug("job.done", duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        elapsed = time.perf_counter() - started
+        if metrics is not None:
+            metrics.job_duration.labels(name).observe(elapsed)
+            metrics.jobs_succeeded.labels(name).inc()
+        log.debug("job.done", duration_ms=round(elapsed * 1000, 2))
         return result
 
     return run
