@@ -17,7 +17,7 @@ import orjson
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 
-from worker.config import Settings, load_settings, redact_url
+from worker.config import Settings, env_example, load_settings, redact_url
 from worker.errors import ConfigError, EventWorkerError
 from worker.logging import configure_logging, redact_text
 
@@ -137,6 +137,17 @@ def demo(count: int) -> None:
     settings = _settings()
     for line in demo_module.main(settings, count):
         click.echo(line)
+
+
+@main.command()
+@click.option("--example", is_flag=True, help="Print settings.env.example: every setting with its default.")
+def config(example: bool) -> None:
+    """Print the settings in effect (passwords hidden), or the documented example file."""
+    if example:
+        click.echo(env_example(), nl=False)
+        return
+    for name, value in _settings().redacted().items():
+        click.echo(f"{name}={'' if value is None else value}")
 
 
 @main.command()

@@ -20,6 +20,7 @@ from worker.db.engine import Database
 from worker.db.failures import is_connection_error
 from worker.errors import DatabaseUnavailable
 from worker.logging import get_logger, redact_text
+from worker.metrics import Metrics
 
 log = get_logger("eventworker.worker")
 
@@ -55,8 +56,18 @@ async def on_startup(ctx: WorkerContext) -> None:
         await db.dispose()
         raise
     ctx["db"] = db
+    metrics = Metrics()
+    metrics.watch_pool(db.engine.pool)
+    ctx["metrics"] = metrics
+    port = (
+        None if settings.metrics_port is None else metrics.serve(settings.metrics_port, settings.metrics_host)
+    )
     log.info(
-        "worker.started", worker_id=ctx["worker_id"], jobs=sorted(ctx["known_jobs"]), **settings.redacted()
+        "worker.started",
+        worker_id=ctx["worker_id"],
+        jobs=sorted(ctx["known_jobs"]),
+        metrics_listening_on=port,
+        **settings.redacted(),
     )
 
 
@@ -65,6 +76,9 @@ async def on_shutdown(ctx: WorkerContext) -> None:
     db = ctx.get("db")
     if db is not None:
         await db.dispose()
+    metrics = ctx.get("metrics")
+    if metrics is not None:
+        metrics.close()
     log.info("worker.stopped", worker_id=ctx["worker_id"])
 
 
