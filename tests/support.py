@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
+import redis.asyncio as aioredis
 from arq.jobs import Job
 from arq.worker import Worker
 from sqlalchemy import func, select, text
 
 from worker.config import Settings
+from worker.context import WorkerContext
 from worker.db.engine import Database
 from worker.db.models import DeadLetter, Event
 from worker.main import worker_settings
@@ -56,6 +59,31 @@ async def results(settings: Settings, job_ids: list[str]) -> list[Any]:
     """The results of finished jobs, in order."""
     async with EventProducer(settings.redis_url, queue_name=settings.queue_name) as producer:
         return [await Job(j, producer.redis, _deserializer=deserialize).result(timeout=30) for j in job_ids]
+
+
+async def put_raw_job(settings: Settings, raw: bytes) -> str:
+    """Write ``raw`` bytes as a job into the queue, as a foreign producer could; return its id."""
+    job_id = uuid.uuid4().hex
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        await client.set(f"arq:job:{job_id}", raw)
+        await client.zadd(settings.queue_name, {job_id: int(time.time() * 1000)})
+    finally:
+        await client.aclose()
+    return job_id
+
+
+def job_ctx(settings: Settings, db: Database, job_id: str = "job-1", job_try: int = 1) -> WorkerContext:
+    """The ``ctx`` arq hands a job, for calling a job coroutine directly."""
+    return {
+        "settings": settings,
+        "db": db,
+        "worker_id": "test",
+        "known_jobs": frozenset(),
+        "redis": None,
+        "job_id": job_id,
+        "job_try": job_try,
+    }
 
 
 async def count(db: Database, model: type[Event] | type[DeadLetter]) -> int:

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-import time
-import uuid
 from pathlib import Path
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 from sqlalchemy import select
-from support import count, enqueue, event, results, run_worker, unique_source
+from support import count, enqueue, event, job_ctx, put_raw_job, results, run_worker, unique_source
 
 from jobs.ingest import ingest_events
-from worker.context import WorkerContext
 from worker.db.engine import Database
 from worker.db.models import DeadLetter, Event
 
@@ -120,13 +116,7 @@ async def test_a_pickled_job_is_kept_and_never_unpickled(settings, db, tmp_path)
     """Bytes that are not our JSON (here a pickle that would create a file) are stored raw, not executed."""
     marker = tmp_path / "pwned"
     raw = pickle.dumps({"f": "ingest_events", "a": [_Exploit(marker)], "k": {}, "t": 1, "et": 0})
-    job_id = uuid.uuid4().hex
-    client = aioredis.from_url(settings.redis_url)
-    try:
-        await client.set(f"arq:job:{job_id}", raw)
-        await client.zadd(settings.queue_name, {job_id: int(time.time() * 1000)})
-    finally:
-        await client.aclose()
+    job_id = await put_raw_job(settings, raw)
     await run_worker(settings)
     assert not marker.exists()
     async with db.transaction() as session:
@@ -149,13 +139,7 @@ async def test_a_pickled_job_is_kept_and_never_unpickled(settings, db, tmp_path)
 )
 async def test_job_bytes_that_are_not_json_are_kept_raw(settings, db, raw):
     """Invalid UTF-8, truncated JSON or binary in a job key become one dead letter with the exact bytes."""
-    job_id = uuid.uuid4().hex
-    client = aioredis.from_url(settings.redis_url)
-    try:
-        await client.set(f"arq:job:{job_id}", raw)
-        await client.zadd(settings.queue_name, {job_id: int(time.time() * 1000)})
-    finally:
-        await client.aclose()
+    job_id = await put_raw_job(settings, raw)
     worker = await run_worker(settings)
     assert worker.jobs_complete == 1
     assert worker.jobs_failed == 0
@@ -163,42 +147,26 @@ async def test_job_bytes_that_are_not_json_are_kept_raw(settings, db, raw):
         letter = (await session.scalars(select(DeadLetter))).one()
     assert letter.reason == "undecodable_job"
     assert letter.raw == raw
+    assert letter.job_id == job_id
 
 
 async def test_a_job_for_an_unknown_function_is_kept(settings, db):
     """A JSON job naming a function this worker lacks is kept, not silently failed."""
     raw = orjson.dumps({"f": "ingest_event", "a": [[event(1)]], "k": {}, "t": 1, "et": 1})
-    job_id = uuid.uuid4().hex
-    client = aioredis.from_url(settings.redis_url)
-    try:
-        await client.set(f"arq:job:{job_id}", raw)
-        await client.zadd(settings.queue_name, {job_id: int(time.time() * 1000)})
-    finally:
-        await client.aclose()
+    job_id = await put_raw_job(settings, raw)
     await run_worker(settings)
     async with db.transaction() as session:
         letter = (await session.scalars(select(DeadLetter))).one()
     assert letter.raw == raw
+    assert letter.job_id == job_id
     assert "ingest_event" in letter.errors[0]["msg"]
-
-
-def _ctx(settings, db: Database, job_id: str, job_try: int = 1) -> WorkerContext:
-    return {
-        "settings": settings,
-        "db": db,
-        "worker_id": "test",
-        "known_jobs": frozenset(),
-        "redis": None,
-        "job_id": job_id,
-        "job_try": job_try,
-    }
 
 
 async def test_a_rerun_job_stores_nothing_twice(settings, db):
     """Running the same job again (as after a crash) adds no event and no dead letter."""
     batch = [event(1), "bad", event(2)]
-    first = await ingest_events(_ctx(settings, db, "job-1"), batch)
-    again = await ingest_events(_ctx(settings, db, "job-1", job_try=2), batch)
+    first = await ingest_events(job_ctx(settings, db, "job-1"), batch)
+    again = await ingest_events(job_ctx(settings, db, "job-1", job_try=2), batch)
     assert first == {"accepted": 2, "duplicates": 0, "rejected": 1}
     assert again == {"accepted": 0, "duplicates": 2, "rejected": 1}
     assert await count(db, Event) == 2
@@ -215,7 +183,7 @@ async def test_concurrent_jobs_with_overlapping_events_store_each_once(settings)
         ]
         outcomes = await asyncio.gather(
             *(
-                ingest_events(_ctx(settings, d, f"job-{k}"), b)
+                ingest_events(job_ctx(settings, d, f"job-{k}"), b)
                 for k, (d, b) in enumerate(zip(dbs, batches, strict=True))
             )
         )
