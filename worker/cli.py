@@ -6,48 +6,19 @@ setting ends the command with one line naming it and exit status 2.
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import IO, Any, TypeVar
 
 import click
 import orjson
-from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError
 
-from worker.config import Settings, env_example, load_settings, redact_url
-from worker.errors import ConfigError, EventWorkerError
-from worker.logging import configure_logging, redact_text
+from worker.commands.base import print_rows, run_or_exit, settings_or_exit, with_session
+from worker.config import env_example, redact_url
 
 T = TypeVar("T")
 EXIT_CONFIG = 2
-
-
-def _settings() -> Settings:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        click.echo(f"eventworker: configuration error: {exc}", err=True)
-        raise SystemExit(EXIT_CONFIG) from None
-    # Library warnings (arq's Redis reconnects, say) go through the same redacting pipeline.
-    level = "DEBUG" if settings.log_level == "DEBUG" else "WARNING"
-    configure_logging(level, settings.log_format, settings.secrets())
-    return settings
-
-
-def _run(coroutine: Awaitable[T], settings: Settings) -> T:
-    """Run a command's coroutine; a failure to reach a server ends it with one redacted line."""
-    try:
-        return asyncio.run(coroutine)  # type: ignore[arg-type]
-    except EventWorkerError as exc:
-        message = str(exc)
-    except (DBAPIError, RedisError, OSError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""]
-        message = f"{type(exc).__name__}: {reason[0]}"
-    click.echo(f"eventworker: {redact_text(message, settings.secrets())}", err=True)
-    raise SystemExit(1)
 
 
 @click.group()
@@ -73,7 +44,7 @@ def migrate() -> None:
     from worker.db import schema
     from worker.db.engine import Database
 
-    settings = _settings()
+    settings = settings_or_exit()
 
     async def upgrade() -> tuple[str | None, str | None]:
         db = Database.from_settings(settings)
@@ -82,7 +53,7 @@ def migrate() -> None:
         finally:
             await db.dispose()
 
-    before, after = _run(upgrade(), settings)
+    before, after = run_or_exit(upgrade(), settings)
     click.echo(f"{redact_url(settings.database_url)}: schema {before or '(empty)'} -> {after}")
 
 
@@ -107,7 +78,7 @@ def enqueue(source: IO[bytes], batch_size: int | None) -> None:
     """Enqueue newline-delimited JSON events from SOURCE (a file, or - for stdin)."""
     from worker.producer import EventProducer
 
-    settings = _settings()
+    settings = settings_or_exit()
 
     async def send() -> tuple[int, int]:
         read = 0
@@ -124,7 +95,7 @@ def enqueue(source: IO[bytes], batch_size: int | None) -> None:
             jobs = len(await producer.emit(counted()))
         return read, jobs
 
-    count, jobs = _run(send(), settings)
+    count, jobs = run_or_exit(send(), settings)
     click.echo(f"enqueued {count} events in {jobs} jobs")
 
 
@@ -134,7 +105,7 @@ def demo(count: int) -> None:
     """Run a worker on sample events (embedded SQLite and Redis stand-in unless the URLs are set)."""
     from worker import demo as demo_module
 
-    settings = _settings()
+    settings = settings_or_exit()
     for line in demo_module.main(settings, count):
         click.echo(line)
 
@@ -146,7 +117,7 @@ def config(example: bool) -> None:
     if example:
         click.echo(env_example(), nl=False)
         return
-    for name, value in _settings().redacted().items():
+    for name, value in settings_or_exit().redacted().items():
         click.echo(f"{name}={'' if value is None else value}")
 
 
@@ -155,34 +126,13 @@ def check() -> None:
     """Health check: exit 0 when a worker's heartbeat is fresh and the database is reachable and current."""
     from worker.health import health
 
-    settings = _settings()
-    problems = _run(health(settings), settings)
+    settings = settings_or_exit()
+    problems = run_or_exit(health(settings), settings)
     for problem in problems:
         click.echo(f"unhealthy: {problem}", err=True)
     if problems:
         raise SystemExit(1)
     click.echo("healthy")
-
-
-def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
-    if as_json:
-        click.echo(orjson.dumps(rows, default=str, option=orjson.OPT_INDENT_2).decode())
-        return
-    if not rows:
-        click.echo("(none)")
-    for row in rows:
-        click.echo("  ".join(f"{key}={value}" for key, value in row.items()))
-
-
-async def _with_db(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
-    from worker.db.engine import Database
-
-    db = Database.from_settings(settings)
-    try:
-        async with db.transaction() as session:
-            return await work(session)
-    finally:
-        await db.dispose()
 
 
 @main.group()
@@ -213,8 +163,8 @@ def failed_list(include_requeued: bool, limit: int, as_json: bool) -> None:
             for r in rows
         ]
 
-    settings = _settings()
-    _print_rows(_run(_with_db(settings, fetch), settings), as_json)
+    settings = settings_or_exit()
+    print_rows(run_or_exit(with_session(settings, fetch), settings), as_json)
 
 
 @failed.command("requeue")
@@ -225,7 +175,7 @@ def failed_requeue(ids: tuple[int, ...]) -> None:
     from worker.redis import connect
     from worker.serialization import deserialize
 
-    settings = _settings()
+    settings = settings_or_exit()
 
     async def requeue(session: Any) -> list[str]:
         redis = await connect(settings.redis_url)
@@ -247,7 +197,7 @@ def failed_requeue(ids: tuple[int, ...]) -> None:
             await redis.aclose(close_connection_pool=True)
         return done
 
-    for line in _run(_with_db(settings, requeue), settings):
+    for line in run_or_exit(with_session(settings, requeue), settings):
         click.echo(line)
 
 
@@ -273,9 +223,21 @@ def dead_letters(limit: int, as_json: bool) -> None:
             for r in rows
         ]
 
-    settings = _settings()
-    _print_rows(_run(_with_db(settings, fetch), settings), as_json)
+    settings = settings_or_exit()
+    print_rows(run_or_exit(with_session(settings, fetch), settings), as_json)
 
+
+# Older names of the shared helpers, still used by command modules not yet moved to commands.base.
+_settings, _run, _print_rows = settings_or_exit, run_or_exit, print_rows
+
+
+def _register_commands() -> None:
+    from worker.commands.rollups import rollups_command
+
+    main.add_command(rollups_command)
+
+
+_register_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

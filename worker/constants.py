@@ -8,6 +8,15 @@ INGEST_JOB: Final = "ingest_events"
 #: The job a worker runs in place of one whose bytes could not be decoded (see ``worker.serialization``).
 UNDECODABLE_JOB: Final = "store_undecodable_job"
 
+#: The job that runs registered event handlers on their pending runs (see ``worker.handlers``).
+RUN_HANDLERS_JOB: Final = "run_handlers"
+
+#: The cron job that runs handler runs whose ``run_handlers`` job was never enqueued or is late.
+SWEEP_HANDLERS_JOB: Final = "sweep_handlers"
+
+#: The job that builds the event statistics report over a time window.
+EVENT_STATS_JOB: Final = "event_stats"
+
 #: arq's default queue; kept so that producers written against plain arq reach us.
 DEFAULT_QUEUE: Final = "arq:queue"
 

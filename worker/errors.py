@@ -6,10 +6,12 @@
     ├── ConfigError                  a setting is invalid (names the setting)
     ├── SchemaBehindError            the database is not migrated to this version (names the command)
     ├── RetryableError               trying again later may succeed
-    │   └── DatabaseUnavailable      connection refused, dropped, server restarting
+    │   ├── DatabaseUnavailable      connection refused, dropped, server restarting
+    │   └── CheckpointMoved          another run moved a checkpoint first (names the checkpoint)
     └── PermanentError               trying again will not help
         ├── InvalidEvent             an event failed validation (kept as a dead letter)
         ├── UndecodableJob           a job's bytes in Redis were not our JSON (kept as a dead letter)
+        ├── InvalidArgument          a job or command was given an unusable argument (names it)
         └── JobFailed                a job used its last try (recorded in failed_jobs)
 
 Jobs never let a driver exception escape unclassified: ``worker.retry`` maps
@@ -58,6 +60,18 @@ class DatabaseUnavailable(RetryableError):
     """The database could not be reached or dropped the connection."""
 
 
+class CheckpointMoved(RetryableError):
+    """Another run moved the checkpoint while this one worked; this run's changes were rolled back."""
+
+    def __init__(self, name: str, expected: int) -> None:
+        self.name = name
+        self.expected = expected
+        super().__init__(
+            f"checkpoint {name!r} is no longer at {expected}: another run got there first;"
+            " this run's changes were rolled back and the next run continues from the new position"
+        )
+
+
 class PermanentError(EventWorkerError):
     """A failure that another try would repeat."""
 
@@ -75,6 +89,16 @@ class InvalidEvent(PermanentError):
 
 class UndecodableJob(PermanentError):
     """A job's payload in Redis is not eventworker's JSON format."""
+
+
+class InvalidArgument(PermanentError):
+    """A job or command was given an argument it cannot use."""
+
+    def __init__(self, argument: str, value: object, problem: str) -> None:
+        self.argument = argument
+        self.value = value
+        self.problem = problem
+        super().__init__(f"{argument}={value!r}: {problem}")
 
 
 class JobFailed(PermanentError):

@@ -11,9 +11,11 @@ import os
 import socket
 from typing import Any, cast
 
+from arq.cron import CronJob, cron
 from arq.worker import func
 
 from jobs.ingest import ingest_events
+from jobs.rollup import rebuild_rollups, update_rollups
 from jobs.undecodable import store_undecodable_job
 from worker import lifecycle
 from worker.config import Settings, load_settings
@@ -24,8 +26,17 @@ from worker.logging import configure_logging, get_logger
 from worker.redis import MEMORY_URL, memory_pool, patch_arq_for_memory, redis_settings
 from worker.serialization import job_deserializer, serialize
 
-#: The jobs a worker runs.
-FUNCTIONS: tuple[JobFunction, ...] = (ingest_events, store_undecodable_job)
+#: The jobs a worker runs when asked.
+FUNCTIONS: tuple[JobFunction, ...] = (ingest_events, store_undecodable_job, rebuild_rollups)
+
+
+def cron_jobs() -> list[CronJob]:
+    """The periodic jobs. Each tick gets the id ``<name>:<tick>``, so it runs once across workers.
+
+    A cron job's ``name`` must be a job name the worker knows: arq's default ``cron:<name>``
+    would be refused by our job deserializer and kept as a dead letter.
+    """
+    return [cron(cast(Any, update_rollups), name="update_rollups", second=5, unique=True)]
 #: arq's time limit is ours plus this, so our own limit fires first and the job is retried or recorded.
 TIMEOUT_GRACE_S = 5.0
 
@@ -53,10 +64,12 @@ async def _startup(ctx: WorkerContext) -> None:
 
 def worker_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
     """arq Worker keyword arguments for ``settings`` (``overrides`` win)."""
-    names = frozenset(f.__name__ for f in FUNCTIONS)
+    periodic = cron_jobs()
+    names = frozenset(f.__name__ for f in FUNCTIONS) | {job.name for job in periodic}
     ctx: WorkerContext = {"settings": settings, "worker_id": worker_id(), "known_jobs": names, "redis": None}
     options: dict[str, Any] = {
         "functions": [func(cast(Any, f), name=f.__name__) for f in FUNCTIONS],
+        "cron_jobs": periodic,
         "queue_name": settings.queue_name,
         "on_startup": _startup,
         "on_shutdown": lifecycle.on_shutdown,

@@ -49,6 +49,8 @@ def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # Off by default; without it ON DELETE CASCADE (a deleted event's handler runs) does nothing.
+        cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
     return on_connect
@@ -113,16 +115,25 @@ class Database:
         return self.engine.dialect.name
 
     @asynccontextmanager
-    async def transaction(self, job_name: str | None = None) -> AsyncIterator[AsyncSession]:
+    async def transaction(
+        self, job_name: str | None = None, isolation_level: str | None = None
+    ) -> AsyncIterator[AsyncSession]:
         """A short-lived session in one transaction: committed on success, rolled back on error, closed after.
 
         On PostgreSQL the connection's application_name names the job for the transaction's duration.
+        ``isolation_level`` (e.g. ``"REPEATABLE READ"``) holds for this transaction only: the pool
+        gives the connection its default back afterwards.
         """
         if self.dialect == "sqlite":
             async with self._sqlite_writer, self.sessionmaker() as session, session.begin():
+                if isolation_level is not None:
+                    await session.connection(execution_options={"isolation_level": isolation_level})
                 yield session
             return
         async with self.sessionmaker() as session, session.begin():
+            if isolation_level is not None:
+                # Set before the first statement: a transaction's level cannot change once it has queried.
+                await session.connection(execution_options={"isolation_level": isolation_level})
             if job_name and self.tag_transactions and self.dialect == "postgresql":
                 tag = job_application_name(self.application_name, job_name)
                 await session.execute(select(func.set_config("application_name", tag, True)))

@@ -67,3 +67,12 @@ def is_unique_violation(exc: BaseException) -> bool:
     if _sqlstate(orig) == _PG_UNIQUE or _mysql_errno(orig) == _MYSQL_DUPLICATE_KEY:
         return True
     return "UNIQUE constraint failed" in str(orig)
+
+
+#: PostgreSQL SQLSTATE: a REPEATABLE READ transaction met a row changed after its snapshot.
+_PG_SERIALIZATION_FAILURE = "40001"
+
+
+def is_serialization_failure(exc: BaseException) -> bool:
+    """True when ``exc`` says another transaction changed what this one read (PostgreSQL 40001)."""
+    return isinstance(exc, sa_exc.DBAPIError) and _sqlstate(exc.orig) == _PG_SERIALIZATION_FAILURE

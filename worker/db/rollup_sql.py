@@ -1,0 +1,342 @@
+"""All SQL of the rollups: the checkpoint, which new events a run may read, the upsert, the check.
+
+``jobs.rollup`` calls these in one transaction per run: :func:`lock_checkpoint`,
+:func:`safe_range`, :func:`stream_events`, :func:`upsert_rollups`, :func:`move_checkpoint`.
+A crash anywhere before the commit leaves rollups and checkpoint as they were.
+
+Which rows are new, and where is it safe to read up to
+-------------------------------------------------------
+The trap: ``seq`` is taken when a row is inserted, but the row becomes visible when its
+transaction commits. With several workers ingesting at once, seq 41 can commit after seq 42;
+a run that sees 42 and stores "done up to 42" never counts 41. So each database gets a
+checkpoint it can keep exactly (:func:`safe_range`):
+
+PostgreSQL: a transaction horizon, exact.
+    Each event row records the id of the transaction that inserted it (``events.txid``, a
+    server default of ``pg_current_xact_id()``). A run reads ``xmin`` of its snapshot
+    (``pg_snapshot_xmin(pg_current_snapshot())``): every transaction with a lower id has
+    finished, so no row with ``txid < xmin`` can ever appear later. The run counts the rows
+    with ``old <= txid < xmin`` and moves the checkpoint to ``xmin``. The transaction runs in
+    REPEATABLE READ, where ``pg_current_snapshot()`` is the transaction's own snapshot: the
+    horizon and the rows come from one snapshot. Rows of a transaction still running wait
+    for a later run, and none is skipped.
+SQLite: a ``seq`` high-water mark, exact.
+    One writer at a time: a row's transaction commits before the next writer can take a
+    seq, so rows become visible in seq order. A run takes the write lock first (see
+    :func:`lock_checkpoint`) and counts ``old < seq <= max(seq)``.
+MySQL/MariaDB: a ``seq`` high-water mark with a settle time, a bounded-time guarantee.
+    InnoDB gives no horizon, so a run trusts a seq only once it is old enough: the upper
+    bound is the highest seq among rows received more than ``settle`` seconds ago
+    (``rollup_settle_seconds``, default ``2 x job_timeout + 10``). Why that is safe: row R
+    was received (``received_at``, taken before its transaction began) before ``now - settle``,
+    so R's insert ran before ``now - settle + job_timeout`` (the job runner ends every job
+    within ``job_timeout``). A lower seq S was taken before R's, so S's insert ran earlier
+    still, and S's transaction ended before ``now - settle + 2 x job_timeout``, which with the
+    default is ten seconds ago: S is committed and visible. The guarantee holds as long as
+    no ingest transaction outlives ``job_timeout`` and worker clocks agree to within the
+    spare seconds; a transaction held open longer (by hand, say) can still be skipped.
+    Events appear in rollups ``settle`` seconds after they are received.
+
+Overlapping runs
+----------------
+:func:`lock_checkpoint` locks the checkpoint row (``SELECT ... FOR UPDATE``; SQLite's one
+write lock), so runs take turns, and :func:`move_checkpoint` moves it only from the position
+the run started at, raising :class:`~worker.errors.CheckpointMoved` otherwise. On PostgreSQL
+a run whose snapshot predates a concurrent run's commit fails with a serialization failure
+(SQLSTATE 40001) at the lock instead: it rolls back, having counted nothing.
+
+Rows per run are bounded (:func:`safe_range` ``limit``); one PostgreSQL transaction's rows are
+never split, so a single ingest transaction larger than the limit is read whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, cast
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    CursorResult,
+    Table,
+    Text,
+    delete,
+    func,
+    select,
+    type_coerce,
+    update,
+)
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from worker.db.engine import Database
+from worker.db.models import Checkpoint, Event, Rollup
+from worker.db.statements import insert_ignoring_duplicates
+from worker.db.types import UtcDateTime
+from worker.errors import CheckpointMoved
+from worker.rollups import BUCKET_SECONDS, EventTimes, RollupKey
+
+#: The checkpoint row the rollups keep.
+CHECKPOINT: Final = "rollups"
+#: Where a new (or rebuilt) checkpoint starts: before every seq and every transaction id.
+INITIAL_POSITION: Final = 0
+
+EVENTS: Table = Event.__table__  # type: ignore[assignment]
+ROLLUPS: Table = Rollup.__table__  # type: ignore[assignment]
+CHECKPOINTS: Table = Checkpoint.__table__  # type: ignore[assignment]
+
+#: One snapshot for the whole run (PostgreSQL defaults to READ COMMITTED; a MySQL server may be
+#: configured so). SQLite's write lock already makes the run see one state.
+_ISOLATION = {"postgresql": "REPEATABLE READ", "mysql": "REPEATABLE READ"}
+#: SQL names of the bucket sizes, for date_trunc and DATE_FORMAT.
+_PG_UNITS = {60: "minute", 3600: "hour"}
+_MYSQL_FORMATS = {60: "%Y-%m-%d %H:%i:00", 3600: "%Y-%m-%d %H:00:00"}
+#: SQLite stores SQLAlchemy's ``YYYY-MM-DD HH:MM:SS.ffffff``: a bucket is a prefix plus zeros.
+_SQLITE_PREFIXES = {60: (16, ":00.000000"), 3600: (13, ":00:00.000000")}
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRange:
+    """The events one run reads, and where the checkpoint goes once they are counted.
+
+    PostgreSQL: rows with ``start <= txid < end``. Elsewhere: rows with ``start < seq <= end``.
+    ``more`` is true when the range was cut at the row limit and newer safe rows remain.
+    """
+
+    start: int
+    end: int
+    more: bool
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+def transaction(db: Database, job_name: str | None = None) -> AbstractAsyncContextManager[AsyncSession]:
+    """A transaction for a rollup run (or a check): one snapshot from its first statement to its last."""
+    return db.transaction(job_name, isolation_level=_ISOLATION.get(db.dialect))
+
+
+async def ensure_checkpoint(session: AsyncSession, now: datetime) -> None:
+    """Create the rollups checkpoint at :data:`INITIAL_POSITION` unless it exists; safe when racing.
+
+    Run it in a transaction of its own, before the run's: creating the row inside a run would
+    make two first runs deadlock on MySQL (both hold a shared lock on the row, both want it
+    exclusively) and fail on PostgreSQL REPEATABLE READ.
+    """
+    row = {"name": CHECKPOINT, "position": INITIAL_POSITION, "updated_at": now}
+    await insert_ignoring_duplicates(session, CHECKPOINTS, [row], ("name",))
+
+
+async def _take_sqlite_write_lock(session: AsyncSession) -> None:
+    # pysqlite runs a SELECT outside any transaction and opens one only at the first write; writing
+    # first takes SQLite's single write lock now, so everything after is one transaction and
+    # other writers (ingestion, another run) wait for its end.
+    await session.execute(
+        update(CHECKPOINTS).where(CHECKPOINTS.c.name == CHECKPOINT).values(position=CHECKPOINTS.c.position)
+    )
+
+
+async def lock_checkpoint(session: AsyncSession) -> int:
+    """Lock the rollups checkpoint for this transaction and return its position.
+
+    A concurrent run waits here until this one ends. Call :func:`ensure_checkpoint` first.
+    """
+    if _dialect(session) == "sqlite":
+        await _take_sqlite_write_lock(session)
+    position = await session.scalar(
+        select(CHECKPOINTS.c.position).where(CHECKPOINTS.c.name == CHECKPOINT).with_for_update()
+    )
+    if position is None:
+        raise LookupError(f"no checkpoint {CHECKPOINT!r}: call ensure_checkpoint first")
+    return int(position)
+
+
+async def read_checkpoint(session: AsyncSession) -> int | None:
+    """The rollups checkpoint's position (None before the first run), consistent with what follows.
+
+    PostgreSQL and MySQL read it in the :func:`transaction`'s snapshot; SQLite takes the write
+    lock, as a SELECT there would otherwise not be part of the transaction.
+    """
+    if _dialect(session) == "sqlite":
+        await _take_sqlite_write_lock(session)
+    position = await session.scalar(select(CHECKPOINTS.c.position).where(CHECKPOINTS.c.name == CHECKPOINT))
+    return None if position is None else int(position)
+
+
+async def safe_range(session: AsyncSession, start: int, *, limit: int, settled_before: datetime) -> ReadRange:
+    """The new events after checkpoint ``start`` that are safe to count now, about ``limit`` at most.
+
+    ``settled_before`` matters on MySQL/MariaDB only: rows received after it may still have
+    lower seqs in flight (see the module docstring).
+    """
+    if _dialect(session) == "postgresql":
+        return await _transaction_range(session, start, limit)
+    seq = EVENTS.c.seq
+    newer = [seq > start]
+    if _dialect(session) == "mysql":
+        newer.append(EVENTS.c.received_at < settled_before)
+    upper = await session.scalar(select(func.max(seq)).where(*newer))
+    if upper is None:
+        return ReadRange(start, start, more=False)
+    last = await session.scalar(
+        select(seq).where(seq > start, seq <= upper).order_by(seq).offset(limit - 1).limit(1)
+    )
+    if last is not None and last < upper:
+        return ReadRange(start, int(last), more=True)
+    return ReadRange(start, int(upper), more=False)
+
+
+def _snapshot_xmin() -> ColumnElement[int]:
+    """The transaction horizon: every transaction id below it has committed or aborted."""
+    xmin = func.pg_snapshot_xmin(func.pg_current_snapshot())
+    return sql_cast(sql_cast(xmin, Text), BigInteger)
+
+
+async def _transaction_range(session: AsyncSession, start: int, limit: int) -> ReadRange:
+    txid = EVENTS.c.txid
+    horizon = await session.scalar(select(_snapshot_xmin()))
+    if horizon is None:  # pragma: no cover - PostgreSQL always has a snapshot
+        raise RuntimeError("pg_current_snapshot() returned no xmin")
+    in_range = (txid >= start, txid < horizon)
+    first = await session.scalar(select(func.min(txid)).where(*in_range))
+    if first is None:
+        return ReadRange(start, horizon, more=False)
+    # The transaction of the row just past the limit starts the next run, unless it is the first
+    # transaction in range: then that one transaction is bigger than the limit and is read whole.
+    cut = await session.scalar(select(txid).where(*in_range).order_by(txid).offset(limit).limit(1))
+    if cut is not None and cut == first:
+        cut = await session.scalar(select(func.min(txid)).where(txid > first, txid < horizon))
+    if cut is None:
+        return ReadRange(start, horizon, more=False)
+    return ReadRange(start, int(cut), more=True)
+
+
+def _in_range(dialect: str, read: ReadRange) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    if dialect == "postgresql":
+        return EVENTS.c.txid >= read.start, EVENTS.c.txid < read.end
+    return EVENTS.c.seq > read.start, EVENTS.c.seq <= read.end
+
+
+async def stream_events(
+    session: AsyncSession, read: ReadRange, chunk_size: int
+) -> AsyncGenerator[Sequence[EventTimes]]:
+    """Yield (type, source, time, received_at) of the events in ``read``, ``chunk_size`` rows at a time.
+
+    A server-side cursor: memory holds one chunk, whatever the range. MySQL's unbuffered
+    cursor keeps the connection busy until the last chunk, so no other statement may run
+    on this session before the iteration ends.
+    """
+    c = EVENTS.c
+    statement = (
+        select(c.type, c.source, c.time, c.received_at)
+        .where(*_in_range(_dialect(session), read))
+        .execution_options(yield_per=chunk_size)
+    )
+    result = await session.stream(statement)
+    async for chunk in result.partitions():
+        yield cast(Sequence[EventTimes], chunk)
+
+
+async def upsert_rollups(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> int:
+    """Add each row's ``count`` to its bucket, creating the bucket if new; return how many rows.
+
+    Rows must have distinct keys (as :func:`worker.rollups.rollup_rows` gives them):
+    PostgreSQL refuses to update one row twice in one statement.
+    """
+    if not rows:
+        return 0
+    dialect = _dialect(session)
+    if dialect in {"postgresql", "sqlite"}:
+        insert = postgresql.insert(ROLLUPS) if dialect == "postgresql" else sqlite.insert(ROLLUPS)
+        statement: Any = insert.on_conflict_do_update(
+            index_elements=[ROLLUPS.c.bucket_seconds, ROLLUPS.c.bucket_start, ROLLUPS.c.series],
+            set_={"count": ROLLUPS.c.count + insert.excluded.count},
+        )
+    elif dialect == "mysql":
+        mysql_insert = mysql.insert(ROLLUPS)
+        statement = mysql_insert.on_duplicate_key_update(count=ROLLUPS.c.count + mysql_insert.inserted.count)
+    else:
+        raise NotImplementedError(f"no rollup upsert for dialect {dialect!r}")
+    await session.execute(statement, list(rows))
+    return len(rows)
+
+
+async def move_checkpoint(session: AsyncSession, expected: int, position: int, now: datetime) -> None:
+    """Move the checkpoint from ``expected`` to ``position``; raise CheckpointMoved if it is elsewhere."""
+    result = await session.execute(
+        update(CHECKPOINTS)
+        .where(CHECKPOINTS.c.name == CHECKPOINT, CHECKPOINTS.c.position == expected)
+        .values(position=position, updated_at=now)
+    )
+    if cast(CursorResult[Any], result).rowcount != 1:
+        raise CheckpointMoved(CHECKPOINT, expected)
+
+
+async def delete_all_rollups(session: AsyncSession) -> int:
+    """Empty the rollups table inside the transaction (not TRUNCATE: MySQL would commit at once)."""
+    result = await session.execute(delete(ROLLUPS))
+    return int(cast(CursorResult[Any], result).rowcount)
+
+
+async def stored_rollups(session: AsyncSession) -> dict[RollupKey, int]:
+    """The rollups table as counts by key."""
+    r = ROLLUPS.c
+    rows = await session.execute(select(r.bucket_seconds, r.bucket_start, r.type, r.source, r.count))
+    return {RollupKey(int(s), start, t, src): int(n) for s, start, t, src, n in rows}
+
+
+def _bucket_start_sql(dialect: str, moment: ColumnElement[Any], seconds: int) -> ColumnElement[datetime]:
+    """``moment`` cut to its bucket, in SQL: an independent check of :func:`worker.rollups.bucket_start`."""
+    expression: ColumnElement[Any]
+    if dialect == "postgresql":
+        utc = func.timezone("UTC", moment)
+        expression = func.timezone("UTC", func.date_trunc(_PG_UNITS[seconds], utc))
+    elif dialect == "mysql":
+        expression = sql_cast(func.date_format(moment, _MYSQL_FORMATS[seconds]), mysql.DATETIME(fsp=6))
+    elif dialect == "sqlite":
+        length, zeros = _SQLITE_PREFIXES[seconds]
+        expression = func.substr(moment, 1, length).concat(zeros)
+    else:
+        raise NotImplementedError(f"no bucket expression for dialect {dialect!r}")
+    return type_coerce(expression, UtcDateTime())
+
+
+def _exact(dialect: str, column: ColumnElement[str]) -> ColumnElement[Any]:
+    # MySQL compares ``type`` case-insensitively and without trailing spaces; rollups keep them apart.
+    return sql_cast(column, mysql.BINARY()) if dialect == "mysql" else column
+
+
+async def expected_rollups(session: AsyncSession, up_to: int | None) -> dict[RollupKey, int]:
+    """What the rollups should hold: a GROUP BY over the events the checkpoint ``up_to`` covers.
+
+    ``up_to`` None means every stored event. Buckets are computed in SQL, independently of
+    the Python code the runs use, so comparing the two checks both.
+    """
+    dialect = _dialect(session)
+    covered: list[ColumnElement[bool]] = []
+    if up_to is not None:
+        covered.append(EVENTS.c.txid < up_to if dialect == "postgresql" else EVENTS.c.seq <= up_to)
+    moment = func.coalesce(EVENTS.c.time, EVENTS.c.received_at)
+    expected: dict[RollupKey, int] = {}
+    for seconds in BUCKET_SECONDS:
+        events = (
+            select(
+                _bucket_start_sql(dialect, moment, seconds).label("bucket_start"),
+                _exact(dialect, EVENTS.c.type).label("type_key"),
+                EVENTS.c.type,
+                EVENTS.c.source,
+            )
+            .where(*covered)
+            .subquery()
+        )
+        grouped = select(
+            events.c.bucket_start, func.min(events.c.type), events.c.source, func.count()
+        ).group_by(events.c.bucket_start, events.c.type_key, events.c.source)
+        for start, type_, source, count in await session.execute(grouped):
+            expected[RollupKey(seconds, start, type_, source)] = int(count)
+    return expected
