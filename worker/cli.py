@@ -232,9 +232,11 @@ _settings, _run, _print_rows = settings_or_exit, run_or_exit, print_rows
 
 
 def _register_commands() -> None:
+    from worker.commands.export import export_command, retention_command
     from worker.commands.rollups import rollups_command
 
-    main.add_command(rollups_command)
+    for command in (rollups_command, export_command, retention_command):
+        main.add_command(command)
 
 
 _register_commands()

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import UTC
 from typing import Any, cast
 
 from arq.cron import CronJob, cron
 from arq.worker import func
 
+from jobs.export import export_events
 from jobs.ingest import ingest_events
+from jobs.retention import apply_retention
 from jobs.rollup import rebuild_rollups, update_rollups
 from jobs.undecodable import store_undecodable_job
 from worker import lifecycle
@@ -27,7 +30,7 @@ from worker.redis import MEMORY_URL, memory_pool, patch_arq_for_memory, redis_se
 from worker.serialization import job_deserializer, serialize
 
 #: The jobs a worker runs when asked.
-FUNCTIONS: tuple[JobFunction, ...] = (ingest_events, store_undecodable_job, rebuild_rollups)
+FUNCTIONS: tuple[JobFunction, ...] = (ingest_events, store_undecodable_job, rebuild_rollups, export_events)
 
 
 def cron_jobs() -> list[CronJob]:
@@ -36,7 +39,12 @@ def cron_jobs() -> list[CronJob]:
     A cron job's ``name`` must be a job name the worker knows: arq's default ``cron:<name>``
     would be refused by our job deserializer and kept as a dead letter.
     """
-    return [cron(cast(Any, update_rollups), name="update_rollups", second=5, unique=True)]
+    return [
+        cron(cast(Any, update_rollups), name="update_rollups", second=5, unique=True),
+        cron(cast(Any, apply_retention), name="apply_retention", hour=3, minute=15, second=0, unique=True),
+    ]
+
+
 #: arq's time limit is ours plus this, so our own limit fires first and the job is retried or recorded.
 TIMEOUT_GRACE_S = 5.0
 
@@ -83,6 +91,7 @@ def worker_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "keep_result": settings.keep_result,
         "job_serializer": serialize,
         "job_deserializer": job_deserializer(names),
+        "timezone": UTC,  # cron hours are UTC whatever the container's local time
     }
     if settings.redis_url == MEMORY_URL:
         patch_arq_for_memory()

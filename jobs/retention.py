@@ -1,0 +1,150 @@
+"""``apply_retention``: the daily cron job that deletes events and dead letters past their retention.
+
+Events received more than ``retention_days`` ago go in chunks of at most
+``retention_chunk_size`` rows, oldest ``seq`` first, each chunk in its own short
+transaction: retention never holds a transaction or a connection for longer than one
+chunk, and ingestion (which only adds new rows) waits on at most one chunk's locks.
+Handler runs of a deleted event go with it (``ON DELETE CASCADE``). Dead letters follow
+``dead_letter_retention_days`` the same way. An unset retention keeps everything.
+
+With ``retention_export_dir`` set, the events to delete are exported there first, as one
+gzipped NDJSON file per run, complete and in place before the first delete; then only
+the events that file holds (``seq`` up to its last) are deleted. A run cut short between
+the two exports its remaining events again next time: files may overlap, none misses an
+event. (An event stored after the export began with a ``received_at`` already past the
+retention, possible only with a retention shorter than a job, would be deleted unexported.)
+
+The worker's job time limit applies to a cron run; a first run over a large backlog is
+best done with ``eventworker retention``, which has none.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypedDict
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from jobs.export import ExportSummary, export_to_file
+from worker.config import Settings
+from worker.context import WorkerContext
+from worker.db import history
+from worker.db.engine import Database
+from worker.export import ExportFilter, ExportFormat, ExportProgress
+from worker.jobrunner import job
+from worker.logging import get_logger
+
+JOB_NAME = "apply_retention"
+
+log = get_logger("eventworker.retention")
+DeleteChunk = Callable[[AsyncSession], Awaitable[int]]
+
+
+class RetentionResult(TypedDict):
+    """What a retention run deleted (and exported)."""
+
+    events_deleted: int
+    event_chunks: int
+    dead_letters_deleted: int
+    dead_letter_chunks: int
+    exported_path: str | None
+    exported_rows: int
+
+
+def export_file_name(now: datetime) -> str:
+    """The file one run exports to: named for the run's time, to the microsecond, so runs never collide."""
+    return f"events-{now.astimezone(UTC):%Y%m%dT%H%M%S.%fZ}.ndjson.gz"
+
+
+async def _delete_in_chunks(
+    db: Database, table: str, delete_chunk: DeleteChunk, limit: int
+) -> tuple[int, int]:
+    """Run ``delete_chunk`` in one transaction after another until a chunk comes up short."""
+    total = chunks = 0
+    while True:
+        started = time.perf_counter()
+        async with db.transaction(JOB_NAME) as session:
+            deleted = await delete_chunk(session)
+        if deleted:
+            total, chunks = total + deleted, chunks + 1
+            log.info(
+                "retention.chunk",
+                table=table,
+                deleted=deleted,
+                total=total,
+                ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+        if deleted < limit:
+            return total, chunks
+
+
+def _log_export_progress(progress: ExportProgress) -> None:
+    log.info("retention.export_progress", rows=progress.rows, rows_per_s=round(progress.rows_per_s))
+
+
+async def _export_expiring(db: Database, settings: Settings, cutoff: datetime) -> ExportSummary:
+    """Export the events received before ``cutoff`` to this run's file (none if there are none)."""
+    target = Path(settings.retention_export_dir or ".") / export_file_name(datetime.now(UTC))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return await export_to_file(
+        db,
+        target,
+        ExportFilter(received_before=cutoff),
+        ExportFormat.NDJSON,
+        chunk_size=settings.export_chunk_size,
+        compress=True,
+        progress=_log_export_progress,
+        job_name=JOB_NAME,
+        keep_empty=False,
+    )
+
+
+async def _expire_events(db: Database, settings: Settings, cutoff: datetime, result: RetentionResult) -> None:
+    limit, up_to_seq = settings.retention_chunk_size, None
+    if settings.retention_export_dir:
+        summary = await _export_expiring(db, settings, cutoff)
+        if not summary.rows:
+            return  # nothing is old enough, and only exported events may be deleted
+        result["exported_path"], result["exported_rows"] = str(summary.path), summary.rows
+        up_to_seq = summary.last_seq
+        log.info("retention.exported", path=str(summary.path), rows=summary.rows, bytes=summary.bytes)
+
+    def delete_chunk(session: AsyncSession) -> Awaitable[int]:
+        return history.delete_events_older_than(session, cutoff, limit, up_to_seq=up_to_seq)
+
+    deleted, chunks = await _delete_in_chunks(db, "events", delete_chunk, limit)
+    result["events_deleted"], result["event_chunks"] = deleted, chunks
+
+
+async def run_retention(db: Database, settings: Settings, now: datetime) -> RetentionResult:
+    """Apply both retentions once, as of ``now``; return the counts."""
+    result = RetentionResult(
+        events_deleted=0,
+        event_chunks=0,
+        dead_letters_deleted=0,
+        dead_letter_chunks=0,
+        exported_path=None,
+        exported_rows=0,
+    )
+    if settings.retention_days is not None:
+        await _expire_events(db, settings, now - timedelta(days=settings.retention_days), result)
+    if settings.dead_letter_retention_days is not None:
+        cutoff = now - timedelta(days=settings.dead_letter_retention_days)
+        limit = settings.retention_chunk_size
+
+        def delete_chunk(session: AsyncSession) -> Awaitable[int]:
+            return history.delete_dead_letters_older_than(session, cutoff, limit)
+
+        deleted, chunks = await _delete_in_chunks(db, "dead_letters", delete_chunk, limit)
+        result["dead_letters_deleted"], result["dead_letter_chunks"] = deleted, chunks
+    log.info("retention.done", **result)
+    return result
+
+
+@job
+async def apply_retention(ctx: WorkerContext) -> RetentionResult:
+    """Delete events and dead letters past their retention (exporting events first when configured)."""
+    return await run_retention(ctx["db"], ctx["settings"], datetime.now(UTC))
