@@ -35,8 +35,8 @@ from worker.db.types import IdentityString, UtcDateTime
 
 #: SQLite only auto-increments an INTEGER PRIMARY KEY; elsewhere a 64-bit identity.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-#: JSONB on PostgreSQL (indexable, compact); JSON elsewhere.
-Json = JSON().with_variant(postgresql.JSONB(), "postgresql")
+#: JSONB on PostgreSQL (indexable, compact); JSON elsewhere. Python None is SQL NULL, not JSON null.
+Json = JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 #: Raw bytes of any size: bytea, LONGBLOB, BLOB.
 Blob = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql")
 
