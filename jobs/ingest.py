@@ -2,7 +2,9 @@
 
 Valid events go into ``events`` in one bulk insert that skips identities already
 stored (also when another worker stores them at the same moment); everything
-else goes into ``dead_letters`` byte for byte, in the same transaction.
+else goes into ``dead_letters`` byte for byte, in the same transaction. So do the
+pending runs of the event handlers registered for the new events' types (the
+outbox, see ``worker.handlers``); once committed, a ``run_handlers`` job is enqueued.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
+from jobs.handlers import enqueue_run_handlers
 from worker.constants import INGEST_JOB
 from worker.context import WorkerContext
-from worker.db import statements
+from worker.db import handler_sql, statements
 from worker.events import event_row, validate_batch
+from worker.handlers import configured_registry
 from worker.jobrunner import job
 from worker.logging import get_logger
 
@@ -38,15 +42,20 @@ async def ingest_events(ctx: WorkerContext, events: Any) -> IngestResult:
     now, job_id = datetime.now(UTC), ctx.get("job_id")
     rows = [event_row(event, now, job_id) for event in batch.events]
     dead = [statements.dead_letter_row(r, r.position, job_id, INGEST_JOB, now) for r in batch.rejected]
+    handlers_by_type = configured_registry(ctx["settings"]).names_by_type()
     async with ctx["db"].transaction(INGEST_JOB) as session:
         inserted = await statements.insert_events(session, rows)
         await statements.insert_dead_letters(session, dead)
+        runs = await handler_sql.create_handler_runs(session, rows, handlers_by_type, now) if inserted else 0
+    if runs:
+        await enqueue_run_handlers(ctx["redis"], ctx["settings"].queue_name)
     result = IngestResult(
         accepted=inserted, duplicates=batch.duplicates + len(rows) - inserted, rejected=len(batch.rejected)
     )
     log.info(
         "ingest.stored",
         **result,
+        handler_runs=runs,
         validate_ms=round((validated - started) * 1000, 2),
         total_ms=round((time.perf_counter() - started) * 1000, 2),
     )

@@ -227,15 +227,13 @@ def dead_letters(limit: int, as_json: bool) -> None:
     print_rows(run_or_exit(with_session(settings, fetch), settings), as_json)
 
 
-# Older names of the shared helpers, still used by command modules not yet moved to commands.base.
-_settings, _run, _print_rows = settings_or_exit, run_or_exit, print_rows
-
-
 def _register_commands() -> None:
     from worker.commands.export import export_command, retention_command
+    from worker.commands.handlers import handlers_command
     from worker.commands.rollups import rollups_command
+    from worker.commands.stats import stats_command
 
-    for command in (rollups_command, export_command, retention_command):
+    for command in (rollups_command, export_command, retention_command, stats_command, handlers_command):
         main.add_command(command)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -204,6 +204,10 @@ class Settings(BaseSettings):
         None, description="Serve Prometheus metrics on this port (0 picks a free one); unset serves none."
     )
     metrics_host: str = Field("0.0.0.0", description="Address the metrics server listens on.")  # noqa: S104
+    handler_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Modules registering event handlers, as comma-separated import paths.",
+    )
     startup_wait: Annotated[float, Field(ge=0)] = Field(
         30.0, description="Seconds a starting worker waits for the database before giving up."
     )
@@ -227,6 +231,13 @@ class Settings(BaseSettings):
         scheme = value.split("://", 1)[0] if "://" in value else ""
         if scheme not in {"redis", "rediss", "unix"}:
             raise ValueError("must start with redis://, rediss://, unix:// (or be memory:// for the demo)")
+        return value
+
+    @field_validator("handler_modules", mode="before")
+    @classmethod
+    def _module_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("application_name")
@@ -308,9 +319,11 @@ def env_example() -> str:
     ]
     for name, field in Settings.model_fields.items():
         lines += [f"# {line}" for line in textwrap.wrap(field.description or "", 100)]
-        default = field.default
-        if default is None:
+        default = field.get_default(call_default_factory=True)
+        if default is None or default == []:
             lines.append(f"# {_env_name(name)}=")
+        elif isinstance(default, list):
+            lines.append(f"{_env_name(name)}={','.join(map(str, default))}")
         else:
             value = str(default).lower() if isinstance(default, bool) else str(default)
             lines.append(f"{_env_name(name)}={value}")

@@ -19,6 +19,7 @@ from worker.db import schema
 from worker.db.engine import Database
 from worker.db.failures import is_connection_error
 from worker.errors import DatabaseUnavailable
+from worker.handlers import load_handler_modules
 from worker.logging import get_logger, redact_text
 from worker.metrics import Metrics
 
@@ -49,6 +50,7 @@ async def _wait_for_database(db: Database, wait_s: float) -> None:
 async def on_startup(ctx: WorkerContext) -> None:
     """Create the engine and session factory; refuse to start on an unreachable or old database."""
     settings = ctx["settings"]
+    load_handler_modules(settings.handler_modules)  # a bad module stops the start, not every ingest
     db = Database.from_settings(settings)
     try:
         await _wait_for_database(db, settings.startup_wait)

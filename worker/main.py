@@ -16,9 +16,11 @@ from arq.cron import CronJob, cron
 from arq.worker import func
 
 from jobs.export import export_events
+from jobs.handlers import run_handlers, sweep_handlers
 from jobs.ingest import ingest_events
 from jobs.retention import apply_retention
 from jobs.rollup import rebuild_rollups, update_rollups
+from jobs.stats import event_stats
 from jobs.undecodable import store_undecodable_job
 from worker import lifecycle
 from worker.config import Settings, load_settings
@@ -30,7 +32,14 @@ from worker.redis import MEMORY_URL, memory_pool, patch_arq_for_memory, redis_se
 from worker.serialization import job_deserializer, serialize
 
 #: The jobs a worker runs when asked.
-FUNCTIONS: tuple[JobFunction, ...] = (ingest_events, store_undecodable_job, rebuild_rollups, export_events)
+FUNCTIONS: tuple[JobFunction, ...] = (
+    ingest_events,
+    store_undecodable_job,
+    rebuild_rollups,
+    export_events,
+    run_handlers,
+    event_stats,
+)
 
 
 def cron_jobs() -> list[CronJob]:
@@ -42,6 +51,7 @@ def cron_jobs() -> list[CronJob]:
     return [
         cron(cast(Any, update_rollups), name="update_rollups", second=5, unique=True),
         cron(cast(Any, apply_retention), name="apply_retention", hour=3, minute=15, second=0, unique=True),
+        cron(cast(Any, sweep_handlers), name="sweep_handlers", second=35, unique=True),
     ]
 
 

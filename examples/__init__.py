@@ -1,0 +1,1 @@
+"""Example event handlers: ``EVENTWORKER_HANDLER_MODULES=examples.<module>``, with ``PYTHONPATH=.``."""
