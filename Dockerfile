@@ -53,10 +53,13 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 USER 10001:10001
 
-# Healthy while a worker's heartbeat in Redis is fresh and the database schema is current;
-# start-period gives a new worker time to connect and write its first heartbeat.
+# Healthy while this container's worker has a fresh heartbeat in Redis (`--local`: the worker
+# whose host name is the container's, so another container's crash does not mark this one
+# unhealthy), Redis and the database answer, and the schema is current. `check` is the older
+# name of `eventworker health`; exit 1 lists each problem. start-period gives a new worker time
+# to connect and write its first heartbeat.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
-    CMD ["eventworker", "check"]
+    CMD ["eventworker", "check", "--local"]
 
 ENTRYPOINT ["eventworker"]
 CMD ["run"]

@@ -337,9 +337,9 @@ def main(args: argparse.Namespace) -> None:
         },
         "identical_output": results["eventworker"]["sha256"] == results["raw asyncpg"]["sha256"],
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nfilled in {fill_s:.1f}s; results written to {RESULTS}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nfilled in {fill_s:.1f}s; results written to {args.output}")
 
 
 def _arguments() -> argparse.Namespace:
@@ -353,6 +353,9 @@ def _arguments() -> argparse.Namespace:
         help="a PostgreSQL server allowed to create databases",
     )
     parser.add_argument("--keep", action="store_true", help=f"keep the {DATABASE} database afterwards")
+    parser.add_argument(
+        "--output", type=Path, default=RESULTS, help=f"where to write the JSON (default {RESULTS})"
+    )
     parser.add_argument("--child", choices=WAYS, help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
     parser.add_argument("--target", type=Path, help=argparse.SUPPRESS)

@@ -52,6 +52,10 @@ async def ingest_events(ctx: WorkerContext, events: Any) -> IngestResult:
     result = IngestResult(
         accepted=inserted, duplicates=batch.duplicates + len(rows) - inserted, rejected=len(batch.rejected)
     )
+    metrics = ctx.get("metrics")
+    if metrics is not None:
+        pairs = [(row["source"], row["type"]) for row in rows]
+        metrics.count_ingest(pairs, inserted, result["duplicates"], batch.rejected)
     log.info(
         "ingest.stored",
         **result,

@@ -39,5 +39,8 @@ async def store_undecodable_job(ctx: WorkerContext, raw: Any, problem: Any = "un
     row = statements.dead_letter_row(rejection, 0, ctx.get("job_id"), UNDECODABLE_JOB, datetime.now(UTC))
     async with ctx["db"].transaction(UNDECODABLE_JOB) as session:
         await statements.insert_dead_letters(session, [row])
+    metrics = ctx.get("metrics")
+    if metrics is not None:
+        metrics.count_ingest([], 0, 0, [rejection])
     log.warning("job.undecodable", problem=str(problem)[:200], raw_bytes=len(data))
     return {"rejected": 1}

@@ -1,18 +1,27 @@
-"""Helpers shared by the integration and e2e tiers: sample events, a worker run, row counts."""
+"""Helpers shared by the integration and e2e tiers: sample events, worker runs and processes, row counts."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from arq.jobs import Job
 from arq.worker import Worker
 from sqlalchemy import func, select, text
 
+from jobs.rollup import update
 from worker.config import Settings
 from worker.context import WorkerContext
+from worker.db import status_sql
 from worker.db.engine import Database
 from worker.db.models import DeadLetter, Event
 from worker.main import worker_settings
@@ -39,8 +48,13 @@ def unique_source() -> str:
 
 
 async def run_worker(settings: Settings, **overrides: Any) -> Worker:
-    """Run a real arq worker in burst mode until the queue is empty; return it (closed)."""
-    options = worker_settings(settings, burst=True, handle_signals=False, poll_delay=0.01, **overrides)
+    """Run a real arq worker in burst mode until the queue is empty; return it (closed).
+
+    No cron jobs unless asked: a tick falling inside the run would add a job to the counts.
+    """
+    options = worker_settings(
+        settings, **{"burst": True, "handle_signals": False, "poll_delay": 0.01, "cron_jobs": [], **overrides}
+    )
     worker = Worker(**options)
     try:
         await worker.async_run()
@@ -86,6 +100,27 @@ def job_ctx(settings: Settings, db: Database, job_id: str = "job-1", job_try: in
     }
 
 
+async def catch_up_rollups(settings: Settings, within: float = 30) -> None:
+    """Run rollup updates until no stored event is past the checkpoint.
+
+    On PostgreSQL the checkpoint is the server's transaction horizon: a transaction open in any
+    database of the server (another test run's, say) holds it back until that transaction ends.
+    """
+    db = Database.from_settings(settings)
+    deadline = time.monotonic() + within
+    try:
+        while True:
+            await update(db, settings)
+            async with db.transaction() as session:
+                lag = await status_sql.rollup_lag(session)
+            if lag.events == 0:
+                return
+            assert time.monotonic() < deadline, f"rollups still {lag.events} events behind after {within}s"
+            await asyncio.sleep(0.1)
+    finally:
+        await db.dispose()
+
+
 async def count(db: Database, model: type[Event] | type[DeadLetter]) -> int:
     """Rows in ``model``'s table."""
     async with db.transaction() as session:
@@ -116,3 +151,54 @@ async def connection_names(db: Database, like: str) -> list[str]:
             raise AssertionError(f"{db.dialect} has no server to show connections")
         rows = await connection.execute(text(query), {"like": like})
         return [row[0] for row in rows]
+
+
+def process_env(**values: str) -> dict[str, str]:
+    """This process's environment without eventworker settings, JSON logs, then ``values``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("EVENTWORKER_") and k not in {"DATABASE_URL", "REDIS_URL"}
+    }
+    return {**env, "EVENTWORKER_LOG_FORMAT": "json", **values}
+
+
+class WorkerProcess:
+    """``python -m worker run`` with its output in a file."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._out = log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run"], env=env, stdout=self._out, stderr=subprocess.STDOUT
+        )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_started(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while "worker.started" not in self.output():
+            assert self.process.poll() is None, f"worker exited early:\n{self.output()}"
+            assert time.monotonic() < deadline, f"worker did not start:\n{self.output()}"
+            time.sleep(0.05)
+
+    def started(self) -> dict[str, Any]:
+        """The worker's ``worker.started`` log line (worker id, metrics port, settings)."""
+        self.wait_started()
+        line = next(line for line in self.output().splitlines() if '"worker.started"' in line)
+        return dict(orjson.loads(line))
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._out.close()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._out.close()

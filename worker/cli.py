@@ -121,20 +121,6 @@ def config(example: bool) -> None:
         click.echo(f"{name}={'' if value is None else value}")
 
 
-@main.command()
-def check() -> None:
-    """Health check: exit 0 when a worker's heartbeat is fresh and the database is reachable and current."""
-    from worker.health import health
-
-    settings = settings_or_exit()
-    problems = run_or_exit(health(settings), settings)
-    for problem in problems:
-        click.echo(f"unhealthy: {problem}", err=True)
-    if problems:
-        raise SystemExit(1)
-    click.echo("healthy")
-
-
 @main.group()
 def failed() -> None:
     """Jobs that used their last try."""
@@ -232,8 +218,11 @@ def _register_commands() -> None:
     from worker.commands.handlers import handlers_command
     from worker.commands.rollups import rollups_command
     from worker.commands.stats import stats_command
+    from worker.commands.status import check_command, dashboard_command, health_command, status_command
 
     for command in (rollups_command, export_command, retention_command, stats_command, handlers_command):
+        main.add_command(command)
+    for command in (status_command, health_command, check_command, dashboard_command):
         main.add_command(command)
 
 

@@ -135,6 +135,11 @@ class Settings(BaseSettings):
         description="Redis URL (redis://, rediss://, unix://); memory:// is the demo's in-process stand-in.",
     )
     queue_name: str = Field(DEFAULT_QUEUE, description="arq queue (Redis sorted set) to consume.")
+    redis_retry_window: Annotated[float, Field(ge=0)] = Field(
+        30.0,
+        description="Seconds a worker keeps retrying a Redis command, reconnecting with back-off, while Redis"
+        " is unreachable (restarting, say); past that it exits with the error for its supervisor to restart.",
+    )
     db_pool_size: PositiveInt = Field(5, description="Connections kept open per worker process.")
     db_max_overflow: Annotated[int, Field(ge=0)] = Field(
         5, description="Extra connections allowed under load."
@@ -162,13 +167,23 @@ class Settings(BaseSettings):
         0.05, description="Seconds between queue polls; arq's 0.5 caps a worker at max_jobs/0.5 jobs/s."
     )
     job_timeout: PositiveFloat = Field(
-        60.0, description="Seconds a job may run; an interrupted job is re-run after this + 10 s."
+        60.0,
+        description="Seconds a job may run (then it is retried). A job cut off by a crash is re-run once"
+        " arq's lock on it expires, this + 15 s after it started.",
+    )
+    shutdown_wait: Annotated[float, Field(ge=0)] = Field(
+        8.0,
+        description="Seconds a worker told to stop (SIGTERM/SIGINT) lets its running jobs finish, taking"
+        " no new ones, before it hands the rest back to the queue; keep it under the stop grace period"
+        " (docker: 10 s).",
     )
     max_tries: PositiveInt = Field(5, description="Tries per job before it is recorded as failed.")
     retry_base_delay: PositiveFloat = Field(1.0, description="Back-off before the 2nd try, doubled each try.")
     retry_max_delay: PositiveFloat = Field(60.0, description="Longest back-off between two tries.")
     health_check_interval: PositiveFloat = Field(
-        10.0, description="Seconds between health-check heartbeats written to Redis."
+        10.0,
+        description="Seconds between a worker's heartbeats in Redis (arq's health-check key and the worker's"
+        " own record); a worker silent for 3 of them counts as stale.",
     )
     keep_result: Annotated[float, Field(ge=0)] = Field(
         3600.0, description="Seconds arq keeps a job's result in Redis."
@@ -204,6 +219,22 @@ class Settings(BaseSettings):
         None, description="Serve Prometheus metrics on this port (0 picks a free one); unset serves none."
     )
     metrics_host: str = Field("0.0.0.0", description="Address the metrics server listens on.")  # noqa: S104
+    metrics_sample_interval: PositiveFloat = Field(
+        5.0,
+        description="Seconds between a worker's samples of queue depth, oldest job age and rollup lag"
+        " for its metrics (taken only while metrics are served).",
+    )
+    dashboard_host: str = Field(
+        "127.0.0.1",
+        description="Address `eventworker dashboard` listens on; the page shows dead letters' payloads, so"
+        " it stays on loopback unless told otherwise.",
+    )
+    dashboard_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        8080, description="Port `eventworker dashboard` listens on (0 picks a free one)."
+    )
+    dashboard_refresh: Annotated[int, Field(ge=1)] = Field(
+        10, description="Seconds between the dashboard page's automatic reloads."
+    )
     handler_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Modules registering event handlers, as comma-separated import paths.",

@@ -32,3 +32,10 @@ MAX_SUBJECT_LENGTH: Final = 1024
 
 #: PostgreSQL truncates application_name to NAMEDATALEN - 1 bytes.
 MAX_APPLICATION_NAME: Final = 63
+
+#: Redis hashes eventworker keeps beside arq's keys, one of each per queue (the queue name follows the
+#: prefix); see ``worker.tracking``. Workers: worker id -> heartbeat. Running: job id -> which worker
+#: runs it since when. Cron: cron job name -> its last start and last finished run.
+WORKERS_KEY_PREFIX: Final = "eventworker:workers:"
+RUNNING_KEY_PREFIX: Final = "eventworker:running:"
+CRON_KEY_PREFIX: Final = "eventworker:cron:"

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from worker.config import Settings
     from worker.db.engine import Database
     from worker.metrics import Metrics
+    from worker.monitor import Monitor
 
 
 class WorkerContext(TypedDict):
@@ -26,6 +27,8 @@ class WorkerContext(TypedDict):
     """The engine and session factory, created in ``on_startup`` and disposed in ``on_shutdown``."""
     metrics: NotRequired[Metrics]
     """This worker's Prometheus metrics, created in ``on_startup``."""
+    monitor: NotRequired[Monitor]
+    """This worker's heartbeat, running jobs and metric samples, started in ``on_startup``."""
     job_id: NotRequired[str]
     """arq's id of the running job (per job)."""
     job_try: NotRequired[int]

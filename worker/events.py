@@ -3,6 +3,12 @@
 No I/O here and no SQLAlchemy: producers import this module to build events,
 and the ingest job calls :func:`validate_batch` before touching the database.
 An event's identity is ``(source, id)``.
+
+:func:`validate_batch` validates a whole list at once: a screen per input proves with
+orjson what the model's Python validators would check (see :func:`_screen`), then one
+pydantic-core validator builds the :class:`CloudEvent` of every screened input in Rust.
+Inputs the screen cannot vouch for, and any the fast validator refuses, go through
+:func:`validate_one`, so every rejection carries the same errors either way.
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import SchemaValidator
+from pydantic_core import core_schema as cs
 
 from worker.constants import MAX_ID_LENGTH, MAX_SOURCE_LENGTH, MAX_SUBJECT_LENGTH, MAX_TYPE_LENGTH
+from worker.serialization import JsonList
 
 #: CloudEvents: extension attribute names MUST be lower-case ASCII letters or digits.
 _EXTENSION_NAME = re.compile(r"[a-z0-9]+")
@@ -200,11 +209,91 @@ def validate_one(value: Any, max_event_bytes: int, position: int = 0) -> CloudEv
         return Rejection(raw, "invalid", _errors(exc), position, source, event_id)
 
 
+#: The attributes CloudEvent declares; any other key of an event is an extension.
+_FIELDS = frozenset(CloudEvent.model_fields)
+#: orjson options under which it refuses, instead of converting, what is not plain JSON data
+#: (datetimes, dataclasses, subclasses of str/int/dict/list); the bytes are the same otherwise.
+_PLAIN_JSON = (
+    orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+def _optional(schema: cs.CoreSchema) -> cs.CoreSchema:
+    return cs.with_default_schema(cs.nullable_schema(schema), default=None)
+
+
+def _fast_validator() -> SchemaValidator:
+    """A list validator making :class:`CloudEvent` instances in Rust, or passing an input through as is.
+
+    CloudEvent's own constraints, strict about types, without the Python validators
+    (:func:`_screen` has done their checks) and with ``data`` taken as it is (the screen
+    proved it plain JSON, which is all ``JsonValue`` checks).
+    """
+
+    def text(max_length: int | None = None, min_length: int | None = None) -> cs.StringSchema:
+        return cs.str_schema(min_length=min_length, max_length=max_length, strict=True)
+
+    fields = {
+        "specversion": cs.model_field(cs.literal_schema(["1.0"])),
+        "id": cs.model_field(text(MAX_ID_LENGTH, 1)),
+        "source": cs.model_field(text(MAX_SOURCE_LENGTH, 1)),
+        "type": cs.model_field(text(MAX_TYPE_LENGTH, 1)),
+        "time": cs.model_field(
+            _optional(cs.datetime_schema(tz_constraint="aware", microseconds_precision="truncate"))
+        ),
+        "subject": cs.model_field(_optional(text(MAX_SUBJECT_LENGTH))),
+        "datacontenttype": cs.model_field(_optional(text())),
+        "dataschema": cs.model_field(_optional(text())),
+        "data": cs.model_field(cs.with_default_schema(cs.any_schema(), default=None)),
+        "data_base64": cs.model_field(_optional(text())),
+    }
+    assert fields.keys() == _FIELDS, "the fast validator must declare exactly CloudEvent's attributes"
+    event = cs.model_schema(
+        CloudEvent,
+        cs.model_fields_schema(fields, extra_behavior="allow", model_name="CloudEvent"),
+        config=cs.CoreConfig(extra_fields_behavior="allow"),
+    )
+    return SchemaValidator(cs.list_schema(cs.union_schema([event, cs.any_schema()], mode="left_to_right")))
+
+
+_FAST = _fast_validator()
+
+
+def _screen(value: Any, max_event_bytes: int, decoded: bool) -> bool:
+    """Whether ``value`` may take the fast path: it passes every check CloudEvent's Python validators make.
+
+    False means "not sure", never "invalid": :func:`validate_one` then decides. orjson
+    refuses lone surrogates, non-string keys and (with :data:`_PLAIN_JSON`) non-JSON types;
+    a NUL anywhere shows as ``\\u0000`` in its output. A value ``decoded`` from JSON holds
+    nothing else; any other must read back from that output as itself (no tuples, UUIDs,
+    enums or NaN), which is all ``data: JsonValue`` checks. A time must have a colon: no
+    number does, so the fast path never reads one as a Unix timestamp.
+    """
+    if type(value) is not dict:
+        return False
+    try:
+        raw = orjson.dumps(value, option=_PLAIN_JSON)
+    except (TypeError, orjson.JSONEncodeError):
+        return False
+    if len(raw) > max_event_bytes or b"\\u0000" in raw:
+        return False
+    when = value.get("time")
+    if when is not None and (type(when) is not str or ":" not in when):
+        return False
+    if value.get("data") is not None and value.get("data_base64") is not None:
+        return False
+    for name in value.keys() - _FIELDS:
+        if not _EXTENSION_NAME.fullmatch(name) or not isinstance(value[name], str | int | float | bool):
+            return False
+    return decoded or bool(orjson.loads(raw) == value)
+
+
 def validate_batch(payload: Any, max_event_bytes: int) -> Batch:
     """Split a job's argument into storable events, rejections and in-batch duplicates.
 
     ``payload`` should be a list of event objects; anything else is one rejection.
     Of several events with one identity, the first is kept and the rest are duplicates.
+    The result is the same as :func:`validate_one` on each input, only faster.
     """
     batch = Batch()
     if not isinstance(payload, list):
@@ -215,9 +304,14 @@ def validate_batch(payload: Any, max_event_bytes: int) -> Batch:
         }
         batch.rejected.append(Rejection(encode_raw(payload), "not_a_list", [error]))
         return batch
+    decoded = type(payload) is JsonList
+    screened = [_screen(value, max_event_bytes, decoded) for value in payload]
+    fast = iter(_FAST.validate_python([value for value, ok in zip(payload, screened, strict=True) if ok]))
     seen: set[tuple[str, str]] = set()
-    for position, value in enumerate(payload):
-        outcome = validate_one(value, max_event_bytes, position)
+    for position, (value, ok) in enumerate(zip(payload, screened, strict=True)):
+        outcome = next(fast) if ok else None
+        if not isinstance(outcome, CloudEvent):
+            outcome = validate_one(value, max_event_bytes, position)
         if isinstance(outcome, Rejection):
             batch.rejected.append(outcome)
         elif (outcome.source, outcome.id) in seen:
@@ -230,18 +324,20 @@ def validate_batch(payload: Any, max_event_bytes: int) -> Batch:
 
 def event_row(event: CloudEvent, received_at: datetime, job_id: str | None) -> dict[str, Any]:
     """The ``events`` row for a validated event."""
+    fields = event.__dict__  # one lookup instead of ten attribute reads: a hot loop of the ingest job
+    extensions = event.__pydantic_extra__
     return {
-        "source": event.source,
-        "event_id": event.id,
-        "type": event.type,
-        "specversion": event.specversion,
-        "time": event.time,
-        "subject": event.subject,
-        "datacontenttype": event.datacontenttype,
-        "dataschema": event.dataschema,
-        "data": event.data,
-        "data_base64": event.data_base64,
-        "extensions": event.extensions or None,
+        "source": fields["source"],
+        "event_id": fields["id"],
+        "type": fields["type"],
+        "specversion": fields["specversion"],
+        "time": fields["time"],
+        "subject": fields["subject"],
+        "datacontenttype": fields["datacontenttype"],
+        "dataschema": fields["dataschema"],
+        "data": fields["data"],
+        "data_base64": fields["data_base64"],
+        "extensions": dict(extensions) if extensions else None,
         "received_at": received_at,
         "job_id": job_id,
     }

@@ -5,7 +5,9 @@ do: retry with back-off (arq ``Retry``), or record the job in ``failed_jobs`` wi
 its arguments and error so the CLI can list and re-enqueue it. arq's own try limit
 is set :data:`RECORD_TRIES` above ours, so the try after the last one still runs
 here and records the failure (for example after repeated kills) instead of arq
-dropping the job.
+dropping the job. Each try is also reported to the worker's monitor
+(:func:`worker.monitor.tracked`), which records in Redis which worker runs it and,
+for cron jobs, how their last run ended.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from worker.context import WorkerContext
 from worker.db import statements
 from worker.errors import JobFailed
 from worker.logging import get_logger, redact_text
+from worker.monitor import tracked
 from worker.retry import GiveUp, RetryLater, backoff, decide
 from worker.serialization import serialize
 
@@ -79,44 +82,52 @@ def job(function: JobFunction) -> JobFunction:
 
     @functools.wraps(function)
     async def run(ctx: WorkerContext, *args: Any, **kwargs: Any) -> Any:
-        settings = ctx["settings"]
-        job_try = ctx.get("job_try", 1)
         structlog.contextvars.bind_contextvars(job_name=name)
-        if job_try > settings.max_tries:
-            await _give_up(
-                ctx, name, args, kwargs, "interrupted on every try (worker killed or timed out)", job_try - 1
-            )
-        metrics = ctx.get("metrics")
-        if metrics is not None:
-            metrics.jobs_started.labels(name).inc()
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(settings.job_timeout):
-                result = await function(ctx, *args, **kwargs)
-        except Exception as exc:
-            if metrics is not None:
-                metrics.job_duration.labels(name).observe(time.perf_counter() - started)
-            decision = decide(
-                exc, job_try, settings.max_tries, base=settings.retry_base_delay, cap=settings.retry_max_delay
-            )
-            error = f"{type(exc).__name__}: {exc}"
-            if isinstance(decision, RetryLater):
-                log.warning(
-                    "job.retry",
-                    reason=decision.reason,
-                    retry_in_s=round(decision.delay, 2),
-                    error=redact_text(error, settings.secrets())[:500],
-                )
-                if metrics is not None:
-                    metrics.jobs_retried.labels(name).inc()
-                raise Retry(defer=decision.delay) from exc
-            assert isinstance(decision, GiveUp)
-            await _give_up(ctx, name, args, kwargs, f"{decision.reason}: {error}", job_try)
-        elapsed = time.perf_counter() - started
-        if metrics is not None:
-            metrics.job_duration.labels(name).observe(elapsed)
-            metrics.jobs_succeeded.labels(name).inc()
-        log.debug("job.done", duration_ms=round(elapsed * 1000, 2))
-        return result
+        async with tracked(ctx, name):
+            return await _run(ctx, function, name, args, kwargs)
 
     return run
+
+
+async def _run(
+    ctx: WorkerContext, function: JobFunction, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """One try of ``function``: time limit, metrics, and the retry-or-record decision on failure."""
+    settings = ctx["settings"]
+    job_try = ctx.get("job_try", 1)
+    if job_try > settings.max_tries:
+        await _give_up(
+            ctx, name, args, kwargs, "interrupted on every try (worker killed or timed out)", job_try - 1
+        )
+    metrics = ctx.get("metrics")
+    if metrics is not None:
+        metrics.jobs_started.labels(name).inc()
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(settings.job_timeout):
+            result = await function(ctx, *args, **kwargs)
+    except Exception as exc:
+        if metrics is not None:
+            metrics.job_duration.labels(name).observe(time.perf_counter() - started)
+        decision = decide(
+            exc, job_try, settings.max_tries, base=settings.retry_base_delay, cap=settings.retry_max_delay
+        )
+        error = f"{type(exc).__name__}: {exc}"
+        if isinstance(decision, RetryLater):
+            log.warning(
+                "job.retry",
+                reason=decision.reason,
+                retry_in_s=round(decision.delay, 2),
+                error=redact_text(error, settings.secrets())[:500],
+            )
+            if metrics is not None:
+                metrics.jobs_retried.labels(name).inc()
+            raise Retry(defer=decision.delay) from exc
+        assert isinstance(decision, GiveUp)
+        await _give_up(ctx, name, args, kwargs, f"{decision.reason}: {error}", job_try)
+    elapsed = time.perf_counter() - started
+    if metrics is not None:
+        metrics.job_duration.labels(name).observe(elapsed)
+        metrics.jobs_succeeded.labels(name).inc()
+    log.debug("job.done", duration_ms=round(elapsed * 1000, 2))
+    return result

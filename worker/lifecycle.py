@@ -1,9 +1,10 @@
 """arq lifecycle hooks: the worker owns the engine from start-up to shutdown.
 
 ``on_startup`` builds the engine, waits (bounded) for the database, and refuses to
-run on a schema that is behind. ``on_shutdown`` disposes the engine, so no
-connection outlives the worker. ``on_job_start`` binds the job's identity into
-every log line the job writes.
+run on a schema that is behind; then it starts the metrics server (when configured)
+and the worker's :class:`~worker.monitor.Monitor` (heartbeat, metrics samples).
+``on_shutdown`` stops the monitor and disposes the engine, so no connection outlives
+the worker. ``on_job_start`` binds the job's identity into every log line the job writes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from worker.errors import DatabaseUnavailable
 from worker.handlers import load_handler_modules
 from worker.logging import get_logger, redact_text
 from worker.metrics import Metrics
+from worker.monitor import Monitor
 
 log = get_logger("eventworker.worker")
 
@@ -47,6 +49,13 @@ async def _wait_for_database(db: Database, wait_s: float) -> None:
             delay = min(delay * 2, 5.0)
 
 
+def _cron_job_names() -> frozenset[str]:
+    # worker.main imports this module to build WorkerSettings; by the time a worker starts it is loaded.
+    from worker.main import cron_jobs
+
+    return frozenset(job.name for job in cron_jobs())
+
+
 async def on_startup(ctx: WorkerContext) -> None:
     """Create the engine and session factory; refuse to start on an unreachable or old database."""
     settings = ctx["settings"]
@@ -64,6 +73,17 @@ async def on_startup(ctx: WorkerContext) -> None:
     port = (
         None if settings.metrics_port is None else metrics.serve(settings.metrics_port, settings.metrics_host)
     )
+    monitor = Monitor(
+        settings=settings,
+        worker_id=ctx["worker_id"],
+        redis=ctx["redis"],
+        db=db,
+        metrics=metrics,
+        metrics_port=port,
+        cron_jobs=_cron_job_names(),
+    )
+    monitor.start()
+    ctx["monitor"] = monitor
     log.info(
         "worker.started",
         worker_id=ctx["worker_id"],
@@ -74,7 +94,10 @@ async def on_startup(ctx: WorkerContext) -> None:
 
 
 async def on_shutdown(ctx: WorkerContext) -> None:
-    """Dispose the engine: every pooled connection is closed."""
+    """Stop the heartbeat and sampler, then dispose the engine: every pooled connection is closed."""
+    monitor = ctx.get("monitor")
+    if monitor is not None:
+        await monitor.stop()
     db = ctx.get("db")
     if db is not None:
         await db.dispose()

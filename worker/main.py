@@ -28,7 +28,7 @@ from worker.context import WorkerContext
 from worker.errors import ConfigError, EventWorkerError
 from worker.jobrunner import RECORD_TRIES, JobFunction
 from worker.logging import configure_logging, get_logger
-from worker.redis import MEMORY_URL, memory_pool, patch_arq_for_memory, redis_settings
+from worker.redis import MEMORY_URL, memory_pool, patch_arq_for_memory, worker_pool
 from worker.serialization import job_deserializer, serialize
 
 #: The jobs a worker runs when asked.
@@ -42,21 +42,43 @@ FUNCTIONS: tuple[JobFunction, ...] = (
 )
 
 
+#: How long a cron tick's result stays in Redis. While it does, the tick's id cannot be enqueued
+#: again: arq keeps no result for cron jobs by default, so a worker running late (its loop held up
+#: past the tick) could enqueue a tick that had already run, and it ran again once arq's 60 s
+#: in-progress lock on it expired.
+CRON_TICK_KEPT_S = 3600.0
+
+
 def cron_jobs() -> list[CronJob]:
     """The periodic jobs. Each tick gets the id ``<name>:<tick>``, so it runs once across workers.
 
     A cron job's ``name`` must be a job name the worker knows: arq's default ``cron:<name>``
     would be refused by our job deserializer and kept as a dead letter.
     """
+    kept = CRON_TICK_KEPT_S
     return [
-        cron(cast(Any, update_rollups), name="update_rollups", second=5, unique=True),
-        cron(cast(Any, apply_retention), name="apply_retention", hour=3, minute=15, second=0, unique=True),
-        cron(cast(Any, sweep_handlers), name="sweep_handlers", second=35, unique=True),
+        cron(cast(Any, update_rollups), name="update_rollups", second=5, unique=True, keep_result=kept),
+        cron(
+            cast(Any, apply_retention),
+            name="apply_retention",
+            hour=3,
+            minute=15,
+            second=0,
+            unique=True,
+            keep_result=kept,
+        ),
+        cron(cast(Any, sweep_handlers), name="sweep_handlers", second=35, unique=True, keep_result=kept),
     ]
 
 
 #: arq's time limit is ours plus this, so our own limit fires first and the job is retried or recorded.
 TIMEOUT_GRACE_S = 5.0
+
+#: arq's own try limit, only a backstop. The job runner stops trying a job after ``max_tries`` and
+#: records it in failed_jobs; while the database is down that record is retried with back-off, so arq
+#: must not drop the job first (it did after ``max_tries + RECORD_TRIES``, keeping only a log line).
+#: A job's key in Redis expires a day after it was enqueued anyway.
+ARQ_TRY_LIMIT = 10_000
 
 log = get_logger("eventworker.worker")
 
@@ -96,7 +118,12 @@ def worker_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "max_jobs": settings.max_jobs,
         "poll_delay": settings.poll_delay,
         "job_timeout": settings.job_timeout + TIMEOUT_GRACE_S,
-        "max_tries": settings.max_tries + RECORD_TRIES,
+        # On SIGTERM/SIGINT: take no new job, let running ones finish for this long, then cancel the rest,
+        # which arq hands back to the queue. Without the wait arq cancels every job at once, and a job
+        # cancelled while arq fetches or finishes it escapes arq's handling: the worker exits 1 and the
+        # job stays locked until job_timeout + 15 s (README, "Guarantees").
+        "job_completion_wait": settings.shutdown_wait,
+        "max_tries": max(settings.max_tries + RECORD_TRIES, ARQ_TRY_LIMIT),
         "health_check_interval": settings.health_check_interval,
         "keep_result": settings.keep_result,
         "job_serializer": serialize,
@@ -107,7 +134,12 @@ def worker_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
         patch_arq_for_memory()
         options["redis_pool"] = memory_pool(options["job_deserializer"])
     else:
-        options["redis_settings"] = redis_settings(settings.redis_url)
+        options["redis_pool"] = worker_pool(
+            settings.redis_url,
+            retry_window=settings.redis_retry_window,
+            job_deserializer=options["job_deserializer"],
+            queue_name=settings.queue_name,
+        )
     return {**options, **overrides}
 
 

@@ -9,7 +9,7 @@ count as ``other``, so a hostile producer cannot blow up the number of series.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from sqlalchemy.pool import Pool
+
+    from worker.events import Rejection
 
 #: Distinct values kept per producer-controlled label before the rest become "other".
 MAX_LABEL_VALUES = 50
@@ -45,6 +47,16 @@ class BoundedLabel:
         return OTHER
 
 
+#: Pool figures exported: (state label, Pool method). ``size`` is the configured pool size, ``idle``
+#: the open connections not checked out, ``overflow`` the connections open beyond ``size``.
+_POOL_STATES = (
+    ("size", "size"),
+    ("idle", "checkedin"),
+    ("checked_out", "checkedout"),
+    ("overflow", "overflow"),
+)
+
+
 class _PoolCollector(Collector):
     """Connection pool figures, read from the pool at scrape time."""
 
@@ -59,10 +71,11 @@ class _PoolCollector(Collector):
         )
         pool = self.pool
         if pool is not None:
-            for state, method in (("size", "size"), ("checked_out", "checkedout"), ("overflow", "overflow")):
+            for state, method in _POOL_STATES:
                 value = getattr(pool, method, None)
                 if callable(value):
-                    family.add_metric([state], float(value()))
+                    # QueuePool.overflow() counts down from -pool_size while the pool fills up.
+                    family.add_metric([state], max(0.0, float(value())))
         yield family
 
 
@@ -98,12 +111,37 @@ class Metrics:
         self.dead_letters = Counter(
             "eventworker_dead_letters", "Dead letters kept, by reason.", ["reason"], registry=r
         )
-        self.queue_depth = Gauge("eventworker_queue_depth", "Jobs waiting in the queue.", registry=r)
+        self.queue_depth = Gauge(
+            "eventworker_queue_depth",
+            "Jobs in the queue not started yet, due now or deferred (sampled; the same on every worker).",
+            registry=r,
+        )
+        self.queue_due = Gauge(
+            "eventworker_queue_due",
+            "Jobs in the queue due now, waiting for a free worker (sampled).",
+            registry=r,
+        )
+        self.jobs_in_progress = Gauge(
+            "eventworker_queue_in_progress", "Jobs running on any worker of the queue (sampled).", registry=r
+        )
         self.oldest_job_age = Gauge(
-            "eventworker_queue_oldest_job_age_seconds", "Age of the oldest job that is due.", registry=r
+            "eventworker_queue_oldest_job_age_seconds",
+            "How long the longest-waiting due job has been due; 0 when none waits (sampled).",
+            registry=r,
         )
         self.rollup_lag = Gauge(
-            "eventworker_rollup_lag_events", "Events stored past the rollup checkpoint.", registry=r
+            "eventworker_rollup_lag_events",
+            "Events stored past the rollup checkpoint, counted up to a million (sampled).",
+            registry=r,
+        )
+        self.jobs_running = Gauge(
+            "eventworker_worker_jobs_running", "Jobs this worker is running now.", registry=r
+        )
+        self.sample_errors = Counter(
+            "eventworker_sample_errors",
+            "Samples of the queue (redis) or the rollup lag (database) that failed.",
+            ["source"],
+            registry=r,
         )
         self._pool = _PoolCollector()
         r.register(self._pool)
@@ -120,6 +158,25 @@ class Metrics:
             self.events.labels(
                 outcome, self.source_label(source or "unknown"), self.type_label(type_ or "unknown")
             ).inc()
+
+    def count_ingest(
+        self, series: Sequence[tuple[str, str]], accepted: int, duplicates: int, rejected: Iterable[Rejection]
+    ) -> None:
+        """Count one ingest batch: events by outcome, source and type, and dead letters by reason.
+
+        ``series`` is (source, type) of each valid event offered to the insert, in order, of
+        which ``accepted`` were new; ``duplicates`` counts every duplicate of the batch, also
+        those dropped within it before the insert (counted with source and type ``unknown``).
+        The insert reports how many rows were new, not which: in a batch mixing new and
+        repeated events the totals by outcome are exact and the split across series is not.
+        """
+        self.count_events("accepted", series[:accepted])
+        repeated = series[accepted:]
+        self.count_events("duplicate", repeated)
+        self.count_events("duplicate", [(None, None)] * max(0, duplicates - len(repeated)))
+        for rejection in rejected:
+            self.count_events("rejected", [(rejection.source, None)])
+            self.dead_letters.labels(rejection.reason).inc()
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:  # noqa: S104 - a container's port is published
         """Serve /metrics on ``host:port`` from a background thread; return the port (0 picks a free one)."""

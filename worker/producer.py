@@ -9,22 +9,57 @@ Lists are split into jobs of ``batch_size`` events. The wire format is plain arq
 with JSON: job name ``ingest_events``, one positional argument (a list of
 CloudEvents as JSON objects), so producers in other languages can enqueue too
 (see the README). This module imports arq and pydantic, never SQLAlchemy.
+
+An enqueue that meets an unreachable Redis (a restart, a dropped connection) is tried
+again under the same job id, after 0.2, 0.4, 0.8, 1.6 and 2 s by default (``retries``,
+``retry_delay``, ``retry_max_delay``), and is idempotent: a try whose reply was lost but
+which reached Redis is recognised by its id and content, so the job is queued once. When
+every try failed, :class:`EnqueueError` names the job id and the Redis URL (password
+hidden); enqueueing the same batch under that id again is safe. A job counts as accepted
+only once ``emit_batch`` returned: what Redis then holds survives a Redis restart only if
+Redis persists it (AOF, see the README's "Guarantees").
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from types import TracebackType
 from typing import Any, Self
 
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix, result_key_prefix
+from redis.exceptions import WatchError
 
 from worker.constants import DEFAULT_QUEUE, INGEST_JOB
+from worker.errors import EventWorkerError
 from worker.events import CloudEvent
-from worker.redis import connect
+from worker.redis import UNAVAILABLE, connect, redacted
+from worker.serialization import deserialize, serialize
 
 EventLike = CloudEvent | Mapping[str, Any] | Any
+
+#: Failures worth another try: Redis unreachable, or the connection lost under a WATCH.
+_RETRYABLE: tuple[type[Exception], ...] = (*UNAVAILABLE, WatchError)
+
+
+class EnqueueError(EventWorkerError):
+    """Redis did not confirm a job after every try; enqueueing it again under the same job id is safe."""
+
+    def __init__(self, url: str, job_id: str, tries: int, cause: BaseException, enqueued: list[str]) -> None:
+        self.url = redacted(url)
+        self.job_id = job_id
+        self.tries = tries
+        self.enqueued = enqueued
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        before = f"; {len(enqueued)} job(s) of this emit were enqueued before it" if enqueued else ""
+        super().__init__(
+            f"could not enqueue job {job_id} to Redis at {self.url} after {tries} tries"
+            f" ({type(cause).__name__}: {reason}){before}"
+        )
 
 
 def _as_json(event: EventLike) -> Any:
@@ -44,6 +79,12 @@ def batches(events: Iterable[EventLike], size: int) -> Iterator[list[Any]]:
         yield [_as_json(event) for event in chunk]
 
 
+def retry_delay(attempt: int, base: float, cap: float, rand: float) -> float:
+    """Seconds before try ``attempt + 1``: ``base * 2**(attempt-1)`` capped, the second half random."""
+    delay = min(cap, base * 2.0 ** min(max(attempt - 1, 0), 64))
+    return delay / 2 + rand * delay / 2
+
+
 class EventProducer:
     """Enqueues events for eventworker; use as an async context manager."""
 
@@ -54,18 +95,29 @@ class EventProducer:
         queue_name: str = DEFAULT_QUEUE,
         batch_size: int = 500,
         redis: ArqRedis | None = None,
+        retries: int = 5,
+        retry_delay: float = 0.2,
+        retry_max_delay: float = 2.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if retries < 0:
+            raise ValueError("retries must be 0 or more")
         self.redis_url = redis_url
         self.queue_name = queue_name
         self.batch_size = batch_size
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.retry_max_delay = retry_max_delay
         self._redis = redis
         self._owns_redis = redis is None
 
     async def __aenter__(self) -> Self:
         if self._redis is None:
-            self._redis = await connect(self.redis_url)
+            try:
+                self._redis = await connect(self.redis_url)
+            except _RETRYABLE as exc:
+                raise EnqueueError(self.redis_url, "(none yet: connecting)", 1, exc, []) from exc
         return self
 
     async def __aexit__(
@@ -82,13 +134,63 @@ class EventProducer:
             raise RuntimeError("use EventProducer inside `async with`")
         return self._redis
 
-    async def emit_batch(self, events: list[Any], *, job_id: str | None = None) -> str:
-        """Enqueue one ingest job carrying ``events`` as given; return its job id."""
+    async def _holds(self, job_id: str, events: list[Any]) -> bool | None:
+        """Whether Redis holds ``job_id`` as this very batch: True, False (another job), None (no such job).
+
+        A job that already ran is known by its result, which repeats the arguments.
+        """
+        for key in (job_key_prefix + job_id, result_key_prefix + job_id):
+            raw = await self.redis.get(key)
+            if raw is not None:
+                try:
+                    stored = deserialize(raw)
+                except ValueError:
+                    return False
+                if not isinstance(stored, dict) or stored.get("f") != INGEST_JOB:
+                    return False
+                return bool(stored.get("a") == deserialize(serialize([events])))
+        return None
+
+    async def _enqueue_once(self, events: list[Any], job_id: str) -> bool:
+        """One try; True when Redis holds the job, False when it holds nothing under that id."""
         job = await self.redis.enqueue_job(INGEST_JOB, events, _queue_name=self.queue_name, _job_id=job_id)
-        if job is None:
+        if job is not None:
+            return True
+        # arq says "exists" both for a taken id and for a transaction cut by a lost connection.
+        holds = await self._holds(job_id, events)
+        if holds is False:
             raise ValueError(f"a job with id {job_id!r} is already queued, running or kept")
-        return str(job.job_id)
+        return holds is True
+
+    async def emit_batch(
+        self, events: list[Any], *, job_id: str | None = None, _enqueued: list[str] | None = None
+    ) -> str:
+        """Enqueue one ingest job carrying ``events`` as given; return its job id once Redis has it.
+
+        Enqueueing the same batch under the same ``job_id`` again returns the id and queues nothing
+        new; another batch under a taken id is a ValueError. Raises :class:`EnqueueError` when
+        Redis could not be reached on any try.
+        """
+        job_id = job_id or uuid.uuid4().hex
+        tries = self.retries + 1
+        for attempt in range(1, tries + 1):
+            try:
+                if await self._enqueue_once(events, job_id):
+                    return job_id
+                failure: BaseException = ConnectionError("the enqueue transaction was cut off")
+            except _RETRYABLE as exc:
+                failure = exc
+            if attempt == tries:
+                raise EnqueueError(self.redis_url, job_id, tries, failure, _enqueued or []) from failure
+            await asyncio.sleep(retry_delay(attempt, self.retry_delay, self.retry_max_delay, random.random()))
+        raise AssertionError("unreachable: the last try returns or raises")  # pragma: no cover
 
     async def emit(self, events: Iterable[EventLike]) -> list[str]:
-        """Enqueue ``events`` in jobs of ``batch_size``; return the job ids."""
-        return [await self.emit_batch(chunk) for chunk in batches(events, self.batch_size)]
+        """Enqueue ``events`` in jobs of ``batch_size``; return the job ids.
+
+        On :class:`EnqueueError`, ``exc.enqueued`` lists the jobs of this call Redis confirmed.
+        """
+        enqueued: list[str] = []
+        for chunk in batches(events, self.batch_size):
+            enqueued.append(await self.emit_batch(chunk, _enqueued=enqueued))
+        return enqueued

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 from conftest import pg_database_url
-from support import connection_names, count, event
+from support import WorkerProcess, connection_names, count, event, process_env
 
 from worker.config import load_settings
 from worker.db.engine import Database
@@ -27,53 +26,9 @@ pytestmark = pytest.mark.e2e
 PASSWORD = "e2e-S3cret-pw"  # trust auth accepts it; it must never be printed
 
 
-def _env(**values: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("EVENTWORKER_") and k not in {"DATABASE_URL", "REDIS_URL"}
-    }
-    return {**env, "EVENTWORKER_LOG_FORMAT": "json", **values}
-
-
-class WorkerProcess:
-    """``python -m worker run`` with its output in a file."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._out = log.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run"], env=env, stdout=self._out, stderr=subprocess.STDOUT
-        )
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_started(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while "worker.started" not in self.output():
-            assert self.process.poll() is None, f"worker exited early:\n{self.output()}"
-            assert time.monotonic() < deadline, f"worker did not start:\n{self.output()}"
-            time.sleep(0.05)
-
-    def stop(self, timeout: float = 20) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        finally:
-            self._out.close()
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._out.close()
-
-
 @pytest.fixture
 def worker_env(pg_database, redis_url, queue_name) -> dict[str, str]:
-    return _env(
+    return process_env(
         DATABASE_URL=pg_database_url(pg_database, password=PASSWORD),
         REDIS_URL=redis_url,
         EVENTWORKER_QUEUE_NAME=queue_name,
@@ -194,7 +149,7 @@ def test_a_sync_driver_url_is_refused_at_start_up(url, advice, command, redis_ur
     """Both entry points refuse a sync driver with one line naming DATABASE_URL and the async driver."""
     done = subprocess.run(
         [sys.executable, *command],
-        env=_env(DATABASE_URL=url, REDIS_URL=redis_url),
+        env=process_env(DATABASE_URL=url, REDIS_URL=redis_url),
         capture_output=True,
         text=True,
         timeout=30,
@@ -213,7 +168,7 @@ def test_a_worker_refuses_an_unmigrated_database(empty_pg_url, redis_url, queue_
     url = empty_pg_url.replace("postgres@", f"postgres:{PASSWORD}@")
     done = subprocess.run(
         [sys.executable, "-m", "worker", "run"],
-        env=_env(DATABASE_URL=url, REDIS_URL=redis_url, EVENTWORKER_QUEUE_NAME=queue_name),
+        env=process_env(DATABASE_URL=url, REDIS_URL=redis_url, EVENTWORKER_QUEUE_NAME=queue_name),
         capture_output=True,
         text=True,
         timeout=60,
@@ -226,7 +181,7 @@ def test_a_worker_refuses_an_unmigrated_database(empty_pg_url, redis_url, queue_
 
 def test_migrate_then_check(empty_pg_url, redis_url, queue_name):
     """`migrate` brings an empty database to head; `check` then only misses a worker heartbeat."""
-    env = _env(DATABASE_URL=empty_pg_url, REDIS_URL=redis_url, EVENTWORKER_QUEUE_NAME=queue_name)
+    env = process_env(DATABASE_URL=empty_pg_url, REDIS_URL=redis_url, EVENTWORKER_QUEUE_NAME=queue_name)
     run = lambda *args: subprocess.run(  # noqa: E731
         [sys.executable, "-m", "worker", *args],
         env=env,
@@ -269,7 +224,7 @@ def test_demo_runs_on_the_embedded_default(tmp_path):
     """`eventworker demo` with no servers configured ingests its sample and prints the summary."""
     done = subprocess.run(
         [sys.executable, "-m", "worker", "demo", "--events", "800"],
-        env=_env(),
+        env=process_env(),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -288,7 +243,7 @@ def test_demo_runs_on_the_embedded_default(tmp_path):
 
 def test_demo_runs_on_the_real_servers_when_configured(pg_database, redis_url, queue_name, tmp_path):
     """The same command with DATABASE_URL and REDIS_URL set runs against PostgreSQL and Redis."""
-    env = _env(
+    env = process_env(
         DATABASE_URL=pg_database_url(pg_database, password=PASSWORD),
         REDIS_URL=redis_url,
         EVENTWORKER_QUEUE_NAME=queue_name,
@@ -317,7 +272,7 @@ def test_cli_commands_fail_in_one_line_when_the_database_is_unreachable(args, re
     url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/nowhere"
     done = subprocess.run(
         [sys.executable, "-m", "worker", *args],
-        env=_env(DATABASE_URL=url, REDIS_URL=redis_url),
+        env=process_env(DATABASE_URL=url, REDIS_URL=redis_url),
         capture_output=True,
         text=True,
         timeout=60,

@@ -169,9 +169,9 @@ def make_ctx(settings: Settings, db: Database) -> Callable[..., WorkerContext]:
 
 
 async def _run_worker(settings: Settings, **overrides: Any) -> Worker:
-    """Run a burst worker in this process until the queue is empty, then close it."""
+    """Run a burst worker in this process until the queue is empty, then close it (no cron ticks)."""
     options = worker_settings(
-        settings, **{"burst": True, "handle_signals": False, "poll_delay": 0.01, **overrides}
+        settings, **{"burst": True, "handle_signals": False, "poll_delay": 0.01, "cron_jobs": [], **overrides}
     )
     worker = Worker(**options)
     try:

@@ -33,6 +33,10 @@ def operational(orig: BaseException) -> sa_exc.OperationalError:
     return sa_exc.OperationalError("INSERT INTO events ...", {}, orig)
 
 
+def dbapi(orig: BaseException) -> sa_exc.DBAPIError:
+    return sa_exc.DBAPIError("INSERT INTO events ...", {}, orig)
+
+
 @pytest.mark.parametrize(
     ("exc", "expected"),
     [
@@ -83,6 +87,16 @@ async def test_is_unique_violation_on_a_real_sqlite_error(db):
         (operational(DriverError("the database system is starting up", sqlstate="57P03")), True),
         (operational(DriverError("too many connections", sqlstate="53300")), True),
         (operational(DriverError("terminating connection", pgcode="57P01")), True),  # psycopg2
+        (
+            operational(DriverError('database "x" is not currently accepting connections', sqlstate="55000")),
+            True,
+        ),
+        (operational(DriverError("lock not held", sqlstate="55000")), False),
+        # asyncpg's errors arrive as plain DBAPIError: judged by SQLSTATE all the same.
+        (dbapi(DriverError("terminating connection due to administrator command", sqlstate="57P01")), True),
+        (dbapi(DriverError('database "x" is not currently accepting connections', sqlstate="55000")), True),
+        (dbapi(DriverError("canceling statement due to statement timeout", sqlstate="57014")), False),
+        (dbapi(DriverError("invalid input syntax", sqlstate="22P02")), False),
         (operational(DriverError("deadlock detected", sqlstate="40P01")), False),
         (operational(DriverError("canceling statement due to statement timeout", sqlstate="57014")), False),
         # MySQL/MariaDB client and server error numbers.

@@ -9,6 +9,7 @@ PostgreSQL, the tag also names the job (``SET LOCAL`` through ``set_config``).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -25,7 +26,16 @@ from worker.constants import MAX_APPLICATION_NAME
 
 
 def _json_dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    """JSON for the database's JSON columns: orjson, or the stdlib for what orjson refuses.
+
+    orjson refuses integers beyond 64 bits, which a valid event may carry (the stdlib decoder,
+    used for payloads orjson cannot read, keeps them exact): without the fallback such an event
+    failed its whole job on every try.
+    """
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _connect_args(driver: str, settings: Settings) -> dict[str, Any]:

@@ -15,6 +15,9 @@ from worker.errors import DatabaseUnavailable
 _PG_UNIQUE = "23505"
 _PG_CONNECTION_CLASS = "08"
 _PG_UNAVAILABLE = frozenset({"57P01", "57P02", "57P03", "53300"})  # shutdown, crash, starting, too many
+#: SQLSTATE 55000 is "object not in prerequisite state" in general; when connecting, with this message,
+#: it means the database refuses connections for now (``ALTER DATABASE ... ALLOW_CONNECTIONS false``).
+_PG_NOT_ACCEPTING = ("55000", "not currently accepting connections")
 #: MySQL/MariaDB error numbers: duplicate key; and client/server errors that mean "no connection".
 _MYSQL_DUPLICATE_KEY = 1062
 _MYSQL_UNAVAILABLE = frozenset({1040, 1053, 1927, 2002, 2003, 2005, 2006, 2013, 2055, 4031})
@@ -32,11 +35,18 @@ def _mysql_errno(orig: BaseException | None) -> int | None:
     return args[0] if args and isinstance(args[0], int) else None
 
 
+def _pg_unavailable(orig: BaseException | None, sqlstate: str) -> bool:
+    if sqlstate.startswith(_PG_CONNECTION_CLASS) or sqlstate in _PG_UNAVAILABLE:
+        return True
+    code, message = _PG_NOT_ACCEPTING
+    return sqlstate == code and message in str(orig)
+
+
 def _operational_is_connection(exc: sa_exc.OperationalError) -> bool:
     orig = exc.orig
     sqlstate = _sqlstate(orig)
     if sqlstate is not None:
-        return sqlstate.startswith(_PG_CONNECTION_CLASS) or sqlstate in _PG_UNAVAILABLE
+        return _pg_unavailable(orig, sqlstate)
     errno = _mysql_errno(orig)
     if errno is not None:
         return errno in _MYSQL_UNAVAILABLE
@@ -56,6 +66,10 @@ def is_connection_error(exc: BaseException) -> bool:
         return True
     if isinstance(exc, sa_exc.OperationalError):
         return _operational_is_connection(exc)
+    if isinstance(exc, sa_exc.DBAPIError):
+        # asyncpg's errors reach SQLAlchemy as plain DBAPIError: its SQLSTATE still says what happened.
+        sqlstate = _sqlstate(exc.orig)
+        return sqlstate is not None and _pg_unavailable(exc.orig, sqlstate)
     return False
 
 

@@ -8,8 +8,10 @@ MySQL/MariaDB say ``INSERT IGNORE``.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -65,6 +67,7 @@ EVENT_COLUMNS = (
     "received_at",
     "job_id",
 )
+_IDENTITY = itemgetter("source", "event_id")
 #: Batches at least this large go through COPY on asyncpg; smaller ones are cheaper as one INSERT.
 COPY_THRESHOLD = 64
 _STAGE = "ew_events_stage"
@@ -81,7 +84,32 @@ _FROM_STAGE = text(
 
 
 def _json_text(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
+    """JSON text for COPY, as the engine's JSON serializer writes it (the stdlib for what orjson refuses)."""
+    if value is None:
+        return None
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # integers beyond 64 bits, which a valid event may carry
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _record(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A row as COPY takes it: values in :data:`EVENT_COLUMNS` order, JSON columns as text."""
+    return (
+        row["source"],
+        row["event_id"],
+        row["type"],
+        row["specversion"],
+        row["time"],
+        row["subject"],
+        row["datacontenttype"],
+        row["dataschema"],
+        _json_text(row["data"]),
+        row["data_base64"],
+        _json_text(row["extensions"]),
+        row["received_at"],
+        row["job_id"],
+    )
 
 
 async def _copy_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> int:
@@ -94,10 +122,7 @@ async def _copy_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
     await session.execute(_STAGE_DDL)  # also begins the transaction the COPY joins
     connection = await session.connection()
     raw = await connection.get_raw_connection()
-    records = [
-        tuple(_json_text(row[c]) if c in {"data", "extensions"} else row[c] for c in EVENT_COLUMNS)
-        for row in rows
-    ]
+    records = [_record(row) for row in rows]
     driver = raw.driver_connection
     assert driver is not None  # a checked-out connection always has its driver connection
     await driver.copy_records_to_table(_STAGE, records=records, columns=EVENT_COLUMNS)
@@ -111,7 +136,7 @@ async def insert_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -
     Rows go in identity order so that two batches sharing identities lock them in the
     same order and cannot deadlock each other. On asyncpg large batches take the COPY path.
     """
-    ordered = sorted(rows, key=lambda row: (row["source"], row["event_id"]))
+    ordered = sorted(rows, key=_IDENTITY)
     bind = session.get_bind()
     if (
         len(ordered) >= COPY_THRESHOLD

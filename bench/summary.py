@@ -1,0 +1,208 @@
+"""The suite's one table: each figure beside its raw baseline from the same run, the ratio and the target.
+
+Pure: section results (dicts, as the benchmarks return them) in, rows and text out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table."""
+
+    section: str
+    figure: str
+    eventworker: str
+    baseline: str
+    ratio: float | None = None
+    target: str = ""
+    met: bool | None = None
+
+
+def ingest_rows(result: dict[str, Any]) -> list[Row]:
+    """Section 1: throughput against COPY and executemany, latency at two rates."""
+    e2e = result["end_to_end"]
+    rows = [
+        Row(
+            "1 ingest",
+            f"end to end, {e2e['events']:,} events (rows stored/s)",
+            f"{e2e['events_per_s']:,} ev/s ({e2e['rows_per_s']['eventworker']:,} rows/s)",
+            f"COPY {e2e['rows_per_s']['raw copy']:,} rows/s",
+            e2e["ratio_to_copy"],
+            ">= 0.50x COPY",
+            e2e["ratio_to_copy"] >= 0.5,
+        ),
+        Row(
+            "1 ingest",
+            "end to end vs executemany INSERT",
+            f"{e2e['rows_per_s']['eventworker']:,} rows/s",
+            f"executemany {e2e['rows_per_s']['raw executemany']:,} rows/s",
+            e2e["ratio_to_executemany"],
+        ),
+    ]
+    for label, latency in result["latency"].items():
+        target = "p99 < 100 ms" if label == "1000/s" else ""
+        rows.append(
+            Row(
+                "1 ingest",
+                f"enqueue->commit at {latency['rate_events_per_s']:,} ev/s ({label})",
+                f"p50 {latency['p50_ms']:.0f} / p99 {latency['p99_ms']:.0f} ms",
+                "",
+                None,
+                target,
+                latency["p99_ms"] < 100 if target else None,
+            )
+        )
+    return rows
+
+
+def job_rows(result: dict[str, Any]) -> list[Row]:
+    """Section 2: the ingest job's parts per batch, and the whole job against COPY of its rows."""
+    size = result["batch_size"]
+    rows = [
+        Row(
+            "2 job",
+            f"{part}, per {size}-event batch",
+            f"{ms:.2f} ms (cpu {result['median_cpu_ms'][part]:.2f})",
+            "",
+        )
+        for part, ms in result["median_ms"].items()
+    ]
+    rows.append(
+        Row(
+            "2 job",
+            f"whole ingest_events job, {size} events",
+            f"{result['whole_job_ms']:.2f} ms",
+            f"COPY {result['raw_copy_ms']:.2f} ms",
+            round(result["raw_copy_ms"] / result["whole_job_ms"], 3),
+        )
+    )
+    return rows
+
+
+def export_rows(results: dict[str, Any]) -> list[Row]:
+    """Section 3: export rate against the raw cursor; peak RSS at each size, flat."""
+    rows = []
+    for label, result in results.items():
+        ours, raw = result["results"]["eventworker"], result["results"]["raw asyncpg"]
+        rows.append(
+            Row(
+                "3 export",
+                f"NDJSON, {result['rows']:,} rows ({label}), rows/s",
+                f"{ours['rows_per_s']:,}",
+                f"cursor+orjson {raw['rows_per_s']:,}",
+                result["ratio"]["rows_per_s"],
+                ">= 1.00x",
+                result["ratio"]["rows_per_s"] >= 1.0,
+            )
+        )
+        rows.append(
+            Row(
+                "3 export",
+                f"peak RSS, {result['rows']:,} rows",
+                f"{ours['peak_rss_mib']:.0f} MiB",
+                f"{raw['peak_rss_mib']:.0f} MiB",
+                result["ratio"]["peak_rss"],
+                "< 150 MiB",
+                ours["peak_rss_mib"] < 150,
+            )
+        )
+    sizes = [r["results"]["eventworker"]["peak_rss_mib"] for r in results.values()]
+    # Below 10 chunks of rows an export holds a good share of the table at once: nothing to compare.
+    if len(sizes) > 1 and min(r["rows"] for r in results.values()) >= 10 * 10_000:
+        flat = max(sizes) - min(sizes) <= max(10.0, 0.1 * min(sizes))
+        rows.append(
+            Row("3 export", "peak RSS grows with rows?", "no" if flat else "yes", "", None, "flat", flat)
+        )
+    return rows
+
+
+def report_rows(result: dict[str, Any]) -> list[Row]:
+    """Section 4: fanned-out report against its slowest query, and serial."""
+    on = result["parallel_query"]["on"]
+    ratio = on["fanned_out_over_slowest_alone"]
+    return [
+        Row(
+            "4 report",
+            f"fan-out wall time / slowest query ({result['rows']:,} rows)",
+            f"{on['fanned_out_ms']:.0f} ms vs {on['slowest_query_alone_ms']:.0f} ms",
+            f"serial {on['serial_ms']:.0f} ms",
+            ratio,
+            "<= 1.15x",
+            ratio <= 1.15,
+        )
+    ]
+
+
+def overhead_rows(result: dict[str, Any]) -> list[Row]:
+    """Section 5: no-op jobs/s through eventworker against bare arq."""
+    rates = result["jobs_per_s"]
+    return [
+        Row(
+            "5 overhead",
+            f"no-op jobs/s, max_jobs {result['max_jobs']}, poll {result['poll_delay']}s",
+            f"{rates['eventworker']:,}",
+            f"bare arq {rates['bare arq']:,}",
+            result["ratio"],
+            ">= 0.80x",
+            result["ratio"] >= 0.8,
+        )
+    ]
+
+
+def soak_rows(result: dict[str, Any]) -> list[Row]:
+    """Section 6: RSS and connections over the soak."""
+    return [
+        Row(
+            "6 soak",
+            f"{result['seconds']:.0f} s at {result['rate_events_per_s']:,.0f} ev/s: RSS, connections",
+            f"{result['rss_mib_early']:.0f} -> {result['rss_mib_late']:.0f} MiB,"
+            f" <= {result['max_connections']} conns",
+            "",
+            None,
+            "no growth",
+            result["no_growth"],
+        )
+    ]
+
+
+ROWS = {
+    "ingest": ingest_rows,
+    "job": job_rows,
+    "export": export_rows,
+    "report": report_rows,
+    "overhead": overhead_rows,
+    "soak": soak_rows,
+}
+
+
+def render(rows: list[Row]) -> str:
+    """The rows as a fixed-width text table."""
+    header = ("", "figure", "eventworker", "raw baseline", "ratio", "target", "met")
+    cells = [
+        (
+            r.section,
+            r.figure,
+            r.eventworker,
+            r.baseline,
+            "" if r.ratio is None else f"{r.ratio:.2f}",
+            r.target,
+            "" if r.met is None else ("yes" if r.met else "NO"),
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(c[i])) for c in [header, *cells]) for i in range(len(header))]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+        for line in [header, *cells]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def as_json(rows: list[Row]) -> list[dict[str, Any]]:
+    """The rows as JSON-ready dicts."""
+    return [asdict(r) for r in rows]

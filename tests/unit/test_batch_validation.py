@@ -1,0 +1,218 @@
+"""validate_batch's fast path gives exactly what validate_one gives, input by input, only faster."""
+
+from __future__ import annotations
+
+import enum
+import math
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from arq.utils import args_to_string
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker import events
+from worker.events import CloudEvent, Rejection, validate_batch, validate_one
+from worker.serialization import JsonList, job_deserializer, serialize
+
+LIMIT = 2_000
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+class Text(str):
+    pass
+
+
+def event(**fields: Any) -> dict[str, Any]:
+    """A valid event with ``fields`` changed (None removes a field)."""
+    base: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": "e-1",
+        "source": "/shop",
+        "type": "order.created",
+        "time": "2026-01-02T03:04:05.123456Z",
+        "data": {"amount": 1250, "items": [{"sku": "A-1", "qty": 2}], "note": "ünïcødé 😀"},
+    }
+    base.update(fields)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+INPUTS: list[Any] = [
+    event(),
+    event(time=None, data=None),
+    event(time="2026-01-02T04:04:05+01:00"),
+    event(time="2026-01-02 03:04:05Z"),
+    event(time="2026-01-02T03:04:05"),
+    event(time="2026-01-02"),
+    event(time="1714559400"),
+    event(time=" 1714559400.5 "),
+    event(time=1714559400),
+    event(time=datetime(2026, 1, 2, tzinfo=UTC)),
+    event(time="yesterday"),
+    event(subject="order/42", datacontenttype="application/json", dataschema="https://x/s.json"),
+    event(subject="s" * 1025),
+    event(id="x" * 255, source="s" * 512, type="t" * 255),
+    event(id="x" * 256),
+    event(id=""),
+    event(id=42),
+    event(id=b"bytes"),
+    event(id=Text("subclass")),
+    event(specversion="0.3"),
+    event(specversion=1.0),
+    event(data="plain"),
+    event(data=[1, 2.5, True, None]),
+    event(data=(1, 2)),
+    event(data={"id": uuid.UUID(int=1)}),
+    event(data=Colour.RED),
+    event(data=math.nan),
+    event(data={"big": 2**70}),
+    event(data={"when": datetime(2026, 1, 2, tzinfo=UTC)}),
+    event(data="a\x00b"),
+    event(data={"k\x00": 1}),
+    event(data={"text": "\\u0000 is six characters"}),
+    event(data={"nested": ["ok", "\ud800"]}),
+    event(source="/shop\udcff"),
+    event(data={1: "int key"}),
+    event(data=None, data_base64="AAEC"),
+    event(data={"a": 1}, data_base64="AAEC"),
+    event(traceparent="00-abc-def-01", rate=0.25, sampled=True, n=7),
+    event(Traceparent="x"),
+    event(my_ext="x"),
+    event(ext={"a": 1}),
+    event(ext=[1]),
+    event(ext=None),
+    event(data={"pad": "x" * LIMIT}),
+    {**event(), "id": None},
+    "an event",
+    7,
+    None,
+    [event()],
+    Text("x"),
+]
+
+
+def outcome(result: CloudEvent | Rejection) -> tuple[Any, ...]:
+    """Everything that tells two results apart."""
+    if isinstance(result, Rejection):
+        return ("rejected", result.reason, result.errors, result.raw, result.position, result.source)
+    return ("event", type(result), result.__dict__, result.model_extra, result.model_fields_set)
+
+
+def slow(values: list[Any]) -> tuple[list[Any], list[Any], int]:
+    """What validate_batch must return, from validate_one on each input."""
+    stored, rejected, seen, duplicates = [], [], set(), 0
+    for position, value in enumerate(values):
+        result = validate_one(value, LIMIT, position)
+        if isinstance(result, Rejection):
+            rejected.append(outcome(result))
+        elif (result.source, result.id) in seen:
+            duplicates += 1
+        else:
+            seen.add((result.source, result.id))
+            stored.append(outcome(result))
+    return stored, rejected, duplicates
+
+
+def fast(values: list[Any]) -> tuple[list[Any], list[Any], int]:
+    batch = validate_batch(values, LIMIT)
+    return [outcome(e) for e in batch.events], [outcome(r) for r in batch.rejected], batch.duplicates
+
+
+@pytest.mark.parametrize("value", INPUTS, ids=range(len(INPUTS)))
+def test_fast_path_matches_validate_one(value):
+    """Any input, valid or not, plain JSON or not, comes out of a batch as validate_one makes it."""
+    assert fast([value]) == slow([value])
+
+
+def test_whole_batch_matches_validate_one():
+    """A batch mixing every kind of input, with repeats, keeps order, first occurrences and counts."""
+    values = [*INPUTS, event(), event(id="e-2"), *INPUTS[:5]]
+    assert fast(values) == slow(values)
+
+
+def test_decoded_job_argument_matches_validate_one():
+    """A list the worker's deserializer decoded takes the decoded fast path, with the same result."""
+    values = [v for v in INPUTS if _json_ready(v)]
+    job = serialize({"t": 1, "f": "ingest_events", "a": [values], "k": {}, "et": 0})
+    decoded = job_deserializer({"ingest_events"})(job)["a"][0]
+    assert type(decoded) is JsonList
+    batch = validate_batch(decoded, LIMIT)
+    assert ([outcome(e) for e in batch.events], [outcome(r) for r in batch.rejected]) == slow(
+        orjson.loads(orjson.dumps(values))
+    )[:2]
+
+
+def test_valid_events_never_take_the_slow_path(monkeypatch):
+    """Ordinary valid events are validated in one go, without validate_one."""
+    calls: list[Any] = []
+    monkeypatch.setattr(events, "validate_one", lambda *a: calls.append(a) or validate_one(*a))
+    for values in ([event(id=f"e-{n}") for n in range(50)], JsonList([event(id="x", traceparent="t")])):
+        batch = validate_batch(values, LIMIT)
+        assert len(batch.events) == len(values)
+    assert calls == []
+
+
+def _json_ready(value: Any) -> bool:
+    try:
+        return orjson.loads(orjson.dumps(value)) == value
+    except (TypeError, orjson.JSONEncodeError):
+        return False
+
+
+json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.floats() | st.text(max_size=8)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+attribute = st.none() | st.text(max_size=6) | st.integers() | st.sampled_from(["1.0", "2026-01-02T03:04:05Z"])
+raw_events = st.dictionaries(
+    st.sampled_from(
+        ["specversion", "id", "source", "type", "time", "subject", "data", "data_base64", "ext1", "Bad"]
+    ),
+    attribute | json_values,
+    max_size=10,
+).map(lambda extra: {**event(), **extra})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(raw_events | json_values, max_size=6))
+def test_fast_path_matches_validate_one_on_generated_inputs(values):
+    """Generated inputs (valid, invalid and odd) give validate_one's results in a batch."""
+    assert fast(values) == slow(values)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [[event(id=f"e-{n}") for n in range(100)]],
+        [[event()]],
+        [[]],
+        [[1, 2]],
+        [["x" * 100, "y"]],
+        [[event()], "second"],
+        ["first" * 30, [event()]],
+    ],
+)
+def test_job_list_repr_gives_arq_the_same_log_line(args):
+    """arq's log line for a job is the same whether its list arguments are plain or JsonList."""
+    wrapped = [JsonList(a) if type(a) is list else a for a in args]
+    assert args_to_string(wrapped, {}) == args_to_string(args, {})
+    assert wrapped == args
+    assert orjson.loads(serialize(wrapped)) == args
+
+
+def test_copy_text_of_big_integers():
+    """The COPY path writes JSON orjson refuses (integers past 64 bits) as the engine's serializer does."""
+    from worker.db.statements import _json_text
+
+    assert _json_text({"n": 2**70, "s": "é"}) == '{"n":1180591620717411303424,"s":"é"}'
+    assert _json_text(None) is None

@@ -1,0 +1,103 @@
+"""``eventworker status``, ``health`` (alias ``check``) and ``dashboard``: how the workers are doing.
+
+``status`` and the dashboard show the same :class:`~worker.status.Status`; ``health`` is the
+narrow yes/no a container orchestrator asks. Exit codes of ``health``: 0 healthy,
+1 unhealthy (each problem on stderr), 2 configuration error (as every command).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import click
+
+from worker.commands.base import run_or_exit, settings_or_exit
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--recent", type=click.IntRange(min=0), default=10, show_default=True, help="Failures shown.")
+def status_command(as_json: bool, recent: int) -> None:
+    """Queue depth, workers and their jobs, cron runs, rollup lag, failed jobs and dead letters.
+
+    Exits 1 when a part could not be read (the rest is still printed).
+    """
+    from worker import statusfmt
+    from worker.status import gather_status
+
+    settings = settings_or_exit()
+    status = run_or_exit(gather_status(settings, recent=recent), settings)
+    if as_json:
+        click.echo(statusfmt.dumps(status).decode())
+    else:
+        for line in statusfmt.to_text(status):
+            click.echo(line)
+    if status.errors:
+        raise SystemExit(1)
+
+
+@click.command("health")
+@click.option("--worker-id", help="Check this worker's heartbeat only (<host>:<pid>, as `status` lists).")
+@click.option(
+    "--local",
+    is_flag=True,
+    help="Check the heartbeat of the worker on this host that started last (a container's own worker).",
+)
+def health_command(worker_id: str | None, local: bool) -> None:
+    """Exit 0 when healthy, 1 when not (each problem on stderr), 2 on a configuration error.
+
+    Unhealthy: a heartbeat is missing or stale, Redis or the database is unreachable, or the
+    database schema is behind this version.
+    """
+    from worker.health import health
+
+    if worker_id is not None and local:
+        raise click.UsageError("give --worker-id or --local, not both")
+    settings = settings_or_exit()
+    host = socket.gethostname() if local else None
+    problems = run_or_exit(health(settings, worker_id=worker_id, host=host), settings)
+    for problem in problems:
+        click.echo(f"unhealthy: {problem}", err=True)
+    if problems:
+        raise SystemExit(1)
+    click.echo("healthy")
+
+
+#: The older name of ``health``, kept for scripts and the Docker HEALTHCHECK.
+check_command = click.Command(
+    "check",
+    callback=health_command.callback,
+    params=health_command.params,
+    help="Same as `eventworker health`.",
+)
+
+
+@click.command("dashboard")
+@click.option("--host", help="Address to listen on [default: EVENTWORKER_DASHBOARD_HOST, 127.0.0.1].")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), help="Port [default: EVENTWORKER_DASHBOARD_PORT, 8080]."
+)
+@click.option(
+    "--refresh",
+    type=click.IntRange(min=1),
+    help="Seconds between reloads [default: EVENTWORKER_DASHBOARD_REFRESH].",
+)
+def dashboard_command(host: str | None, port: int | None, refresh: int | None) -> None:
+    """Serve a read-only web page with the status, a chart of events per minute, and the dead letters."""
+    from worker.dashboard import DashboardServer
+
+    settings = settings_or_exit()
+    server = DashboardServer(
+        settings,
+        host or settings.dashboard_host,
+        settings.dashboard_port if port is None else port,
+        refresh or settings.dashboard_refresh,
+    )
+    shown = str(server.server_address[0])
+    click.echo(f"dashboard on http://{shown}:{server.port}/ (JSON at /status.json); Ctrl-C stops it")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,0 +1,115 @@
+"""The reads behind ``eventworker status``, the dashboard and the worker's sampled metrics.
+
+All of them are plain SELECTs over indexed columns, cheap enough to run every few seconds;
+each caller runs them in a short transaction of its own. Counting the events past the
+rollup checkpoint stops at :data:`LAG_CAP` rows, so a huge backlog costs no more than that.
+
+Rollup lag: the checkpoint (:mod:`worker.db.rollup_sql`) is a transaction-id horizon on
+PostgreSQL (events with ``txid >= position`` are not counted yet) and a ``seq`` high-water
+mark elsewhere (``seq > position``). On MySQL/MariaDB rollups wait ``rollup_settle_seconds``
+before counting an event, so the lag there never drops below the events of that window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from worker.db.models import Checkpoint, DeadLetter, Event, FailedJob, HandlerRun, Rollup
+
+#: The rollups' checkpoint row (see :data:`worker.db.rollup_sql.CHECKPOINT`).
+ROLLUP_CHECKPOINT: Final = "rollups"
+#: Events past the checkpoint are counted up to this many.
+LAG_CAP: Final = 1_000_000
+#: Handler run states worth showing: those still to do and those out of tries.
+HANDLER_STATES: Final = ("pending", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class RollupLag:
+    """Where the rollups' checkpoint is, and how many stored events are past it."""
+
+    position: int | None
+    """None when rollups never ran (every event is past the start)."""
+    updated_at: datetime | None
+    events: int
+    """Events past the checkpoint, at most :data:`LAG_CAP`."""
+
+    @property
+    def capped(self) -> bool:
+        return self.events >= LAG_CAP
+
+
+def _past(dialect: str, position: int) -> ColumnElement[bool]:
+    if dialect == "postgresql":
+        return Event.txid >= position
+    return Event.seq > position
+
+
+async def rollup_lag(session: AsyncSession) -> RollupLag:
+    """The rollups checkpoint and the number of events it has not counted yet."""
+    row = (
+        await session.execute(
+            select(Checkpoint.position, Checkpoint.updated_at).where(Checkpoint.name == ROLLUP_CHECKPOINT)
+        )
+    ).first()
+    position, updated_at = (None, None) if row is None else (int(row[0]), row[1])
+    dialect = session.get_bind().dialect.name
+    past = select(Event.seq).where(_past(dialect, position or 0)).limit(LAG_CAP).subquery()
+    events = await session.scalar(select(func.count()).select_from(past))
+    return RollupLag(position, updated_at, int(events or 0))
+
+
+async def failed_job_counts(session: AsyncSession) -> dict[str, int]:
+    """Failed jobs not re-enqueued yet, by job name."""
+    rows = await session.execute(
+        select(FailedJob.job_name, func.count())
+        .where(FailedJob.requeued_at.is_(None))
+        .group_by(FailedJob.job_name)
+    )
+    return {str(name): int(n) for name, n in rows}
+
+
+async def recent_failed_jobs(session: AsyncSession, limit: int) -> list[FailedJob]:
+    """The newest failed jobs not re-enqueued yet."""
+    statement = (
+        select(FailedJob).where(FailedJob.requeued_at.is_(None)).order_by(FailedJob.id.desc()).limit(limit)
+    )
+    return list((await session.scalars(statement)).all())
+
+
+async def dead_letter_counts(session: AsyncSession) -> dict[str, int]:
+    """Dead letters kept, by reason."""
+    rows = await session.execute(select(DeadLetter.reason, func.count()).group_by(DeadLetter.reason))
+    return {str(reason): int(n) for reason, n in rows}
+
+
+async def recent_dead_letters(session: AsyncSession, limit: int) -> list[DeadLetter]:
+    """The newest dead letters."""
+    statement = select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit)
+    return list((await session.scalars(statement)).all())
+
+
+async def handler_run_counts(session: AsyncSession) -> dict[tuple[str, str], int]:
+    """Handler runs still pending or out of tries, by (handler, status)."""
+    rows = await session.execute(
+        select(HandlerRun.handler, HandlerRun.status, func.count())
+        .where(HandlerRun.status.in_(HANDLER_STATES))
+        .group_by(HandlerRun.handler, HandlerRun.status)
+    )
+    return {(str(handler), str(status)): int(n) for handler, status, n in rows}
+
+
+async def events_per_minute(session: AsyncSession, since: datetime) -> list[tuple[datetime, str, int]]:
+    """(minute, type, events) from the minute rollups since ``since``, all sources together."""
+    rows = await session.execute(
+        select(Rollup.bucket_start, Rollup.type, func.sum(Rollup.count))
+        .where(Rollup.bucket_seconds == 60, Rollup.bucket_start >= since)
+        .group_by(Rollup.bucket_start, Rollup.type)
+        .order_by(Rollup.bucket_start)
+    )
+    return [(start, str(type_), int(n)) for start, type_, n in rows]

@@ -1,0 +1,158 @@
+"""A :class:`~worker.status.Status` as text for a terminal, or as JSON for scripts. Pure: no I/O.
+
+The JSON keeps the dataclasses' field names, times as ISO 8601 UTC, and adds what is derived
+(``stale``, ``stuck``, ``running``, ``problems``) so that a script need not compute it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from worker.status import Status, problems
+from worker.tracking import CronStatus
+
+JsonDict = dict[str, Any]
+
+
+def _ago(now: datetime, moment: datetime | None) -> str:
+    if moment is None:
+        return "never"
+    seconds = (now - moment).total_seconds()
+    if seconds < 120:
+        return f"{seconds:.1f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {n}" for name, n in sorted(counts.items())) or "none"
+
+
+def to_json(status: Status) -> JsonDict:
+    """``status`` as plain JSON-ready data, with the derived verdicts added."""
+    now = status.generated_at
+    data: JsonDict = dataclasses.asdict(status)
+    if status.queue is not None:
+        data["queue"]["deferred"] = status.queue.deferred
+    for worker, record in zip(status.workers, data["workers"], strict=True):
+        record["stale"] = worker.is_stale(now)
+        record["heartbeat_age_s"] = round(worker.age_s(now), 3)
+    stuck = {run.job_id for run in status.stuck_jobs()}
+    for record in data["running"]:
+        record["stuck"] = record["job_id"] in stuck
+    for cron, record in zip(status.cron, data["cron"], strict=True):
+        record["running"] = cron.running
+    if status.rollups is not None:
+        data["rollups"]["capped"] = status.rollups.capped
+    data["problems"] = problems(status)
+    return data
+
+
+def dumps(status: Status) -> bytes:
+    """``status`` as indented JSON."""
+    return orjson.dumps(to_json(status), option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z)
+
+
+def _queue_lines(status: Status) -> list[str]:
+    queue = status.queue
+    if queue is None:
+        return [f"queue {status.queue_name}: unknown"]
+    return [
+        f"queue {queue.name}: {queue.waiting} waiting ({queue.due} due, {queue.deferred} deferred),"
+        f" {queue.in_progress} in progress, oldest due job waiting {queue.oldest_due_age_s:.1f}s"
+    ]
+
+
+def _worker_lines(status: Status) -> list[str]:
+    now = status.generated_at
+    lines = [f"workers: {len(status.live_workers())} live, {len(status.stale_workers())} stale"]
+    for w in status.workers:
+        state = "STALE" if w.is_stale(now) else "live"
+        port = f", metrics on :{w.metrics_port}" if w.metrics_port is not None else ""
+        lines.append(
+            f"  {w.worker_id}  {state}  heartbeat {_ago(now, w.last_heartbeat)}, {w.jobs_running} running,"
+            f" done {_counts(w.jobs_done)}, up since {w.started_at:%Y-%m-%d %H:%M:%S}{port}"
+        )
+    return lines
+
+
+def _running_lines(status: Status) -> list[str]:
+    now = status.generated_at
+    stuck = {run.job_id for run in status.stuck_jobs()}
+    lines = [f"jobs in progress: {len(status.running)}"]
+    for run in status.running:
+        flag = "  STUCK" if run.job_id in stuck else ""
+        lines.append(
+            f"  {run.job_id}  {run.job}  try {run.job_try}  on {run.worker_id}"
+            f"  started {_ago(now, run.started_at)}{flag}"
+        )
+    return lines
+
+
+def _cron_line(now: datetime, cron: CronStatus) -> str:
+    start, done = cron.last_start, cron.last_finished
+    if start is None and done is None:
+        return f"  {cron.job}: never ran"
+    parts = [f"  {cron.job}:"]
+    if cron.running and start is not None:
+        parts.append(f"running since {_ago(now, start.started_at)} on {start.worker_id};")
+    if done is not None:
+        parts.append(f"last run {_ago(now, done.finished_at)} {done.outcome} on {done.worker_id}")
+        if done.error:
+            parts.append(f"({done.error})")
+    return " ".join(parts)
+
+
+def _failure_lines(status: Status) -> list[str]:
+    lines = [f"failed jobs: {sum(status.failed_by_job.values())} ({_counts(status.failed_by_job)})"]
+    for f in status.recent_failures:
+        lines.append(
+            f"  #{f.id} {f.job} (job {f.job_id}, {f.tries} tries) at {f.failed_at:%Y-%m-%d %H:%M:%S}:"
+        )
+        lines.append(f"      {f.error.splitlines()[0] if f.error else ''}")
+    return lines
+
+
+def _dead_letter_lines(status: Status) -> list[str]:
+    counts = status.dead_letters_by_reason
+    lines = [f"dead letters: {sum(counts.values())} ({_counts(counts)})"]
+    for d in status.recent_dead_letters:
+        errors = "; ".join(
+            f"{e.get('loc') or '<event>'}: {e.get('msg')}" for e in (d.errors or []) if isinstance(e, dict)
+        )
+        lines.append(f"  #{d.id} {d.reason} at {d.received_at:%Y-%m-%d %H:%M:%S}: {errors}")
+    return lines
+
+
+def _other_lines(status: Status) -> list[str]:
+    now = status.generated_at
+    lines = ["cron jobs:", *[_cron_line(now, cron) for cron in status.cron]]
+    lag = status.rollups
+    if lag is not None:
+        more = "+" if lag.capped else ""
+        position = "not started" if lag.position is None else f"at {lag.position}"
+        lines.append(
+            f"rollups: checkpoint {position} (moved {_ago(now, lag.updated_at)}),"
+            f" {lag.events}{more} events past it"
+        )
+    if status.handler_runs:
+        lines.append(
+            "handler runs: "
+            + "; ".join(f"{name} {_counts(states)}" for name, states in status.handler_runs.items())
+        )
+    return lines
+
+
+def to_text(status: Status) -> list[str]:
+    """``status`` as lines for a terminal, the problems first."""
+    found = problems(status)
+    lines = [f"status at {status.generated_at:%Y-%m-%d %H:%M:%S} UTC: {'OK' if not found else 'PROBLEMS'}"]
+    lines += [f"  ! {problem}" for problem in found]
+    for section in (_queue_lines, _worker_lines, _running_lines, _other_lines, _failure_lines):
+        lines += section(status)
+    return lines + _dead_letter_lines(status)
