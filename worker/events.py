@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeGuard
 
 import orjson
 from pydantic import (
@@ -85,6 +85,15 @@ class CloudEvent(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _check_time_range(self) -> CloudEvent:
+        if self.time is not None:
+            try:
+                self.time.astimezone(UTC)
+            except OverflowError:
+                raise ValueError("time is outside the years 1 to 9999 once converted to UTC") from None
+        return self
+
+    @model_validator(mode="after")
     def _check_extensions(self) -> CloudEvent:
         for name, extension in (self.model_extra or {}).items():
             if not _EXTENSION_NAME.fullmatch(name):
@@ -144,7 +153,46 @@ def encode_raw(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError):
+        pass
+    try:
         return json.dumps(value, ensure_ascii=True, default=repr).encode()
+    except RecursionError:  # nested deeper than either encoder goes: write it without recursion
+        return _encode_deep(value).encode()
+
+
+def _encode_deep(value: Any) -> str:
+    """JSON text of arbitrarily deep lists and objects, built with an explicit stack."""
+    out: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Token):
+            out.append(item.text)
+        elif isinstance(item, list):
+            stack.append(_Token("]"))
+            for index in range(len(item) - 1, -1, -1):
+                stack.append(item[index])
+                if index:
+                    stack.append(_Token(","))
+            out.append("[")
+        elif isinstance(item, dict):
+            stack.append(_Token("}"))
+            entries = list(item.items())
+            for index in range(len(entries) - 1, -1, -1):
+                key, child = entries[index]
+                stack.append(child)
+                stack.append(_Token(json.dumps(str(key), ensure_ascii=True) + ":"))
+                if index:
+                    stack.append(_Token(","))
+            out.append("{")
+        else:
+            out.append(json.dumps(item, ensure_ascii=True, default=repr))
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,9 +238,14 @@ def _identity(value: Any) -> tuple[str | None, str | None]:
         return None, None
     source, event_id = value.get("source"), value.get("id")
     return (
-        source[:MAX_SOURCE_LENGTH] if isinstance(source, str) and _utf8_encodable(source) else None,
-        event_id[:MAX_ID_LENGTH] if isinstance(event_id, str) and _utf8_encodable(event_id) else None,
+        source[:MAX_SOURCE_LENGTH] if _storable(source) else None,
+        event_id[:MAX_ID_LENGTH] if _storable(event_id) else None,
     )
+
+
+def _storable(value: Any) -> TypeGuard[str]:
+    """A string a text column can hold: valid UTF-8, no NUL."""
+    return isinstance(value, str) and "\x00" not in value and _utf8_encodable(value)
 
 
 def validate_one(value: Any, max_event_bytes: int, position: int = 0) -> CloudEvent | Rejection:
@@ -278,8 +331,8 @@ def _screen(value: Any, max_event_bytes: int, decoded: bool) -> bool:
     if len(raw) > max_event_bytes or b"\\u0000" in raw:
         return False
     when = value.get("time")
-    if when is not None and (type(when) is not str or ":" not in when):
-        return False
+    if when is not None and (type(when) is not str or ":" not in when or when[:4] in {"0001", "9999"}):
+        return False  # years 1 and 9999 may leave the datetime range in UTC: the slow path checks
     if value.get("data") is not None and value.get("data_base64") is not None:
         return False
     for name in value.keys() - _FIELDS:

@@ -77,8 +77,8 @@ TIMEOUT_GRACE_S = 5.0
 #: arq's own try limit, only a backstop. The job runner stops trying a job after ``max_tries`` and
 #: records it in failed_jobs; while the database is down that record is retried with back-off, so arq
 #: must not drop the job first (it did after ``max_tries + RECORD_TRIES``, keeping only a log line).
-#: A job's key in Redis expires a day after it was enqueued anyway.
-ARQ_TRY_LIMIT = 10_000
+#: With the default back-off a record is retried every 8 to 16 s: 1000 tries cover about 3 hours.
+ARQ_TRY_LIMIT = 1000
 
 log = get_logger("eventworker.worker")
 

@@ -10,14 +10,14 @@ with JSON: job name ``ingest_events``, one positional argument (a list of
 CloudEvents as JSON objects), so producers in other languages can enqueue too
 (see the README). This module imports arq and pydantic, never SQLAlchemy.
 
-An enqueue that meets an unreachable Redis (a restart, a dropped connection) is tried
-again under the same job id, after 0.2, 0.4, 0.8, 1.6 and 2 s by default (``retries``,
-``retry_delay``, ``retry_max_delay``), and is idempotent: a try whose reply was lost but
-which reached Redis is recognised by its id and content, so the job is queued once. When
-every try failed, :class:`EnqueueError` names the job id and the Redis URL (password
-hidden); enqueueing the same batch under that id again is safe. A job counts as accepted
-only once ``emit_batch`` returned: what Redis then holds survives a Redis restart only if
-Redis persists it (AOF, see the README's "Guarantees").
+An enqueue that meets an unreachable Redis (a restart, a dropped connection) is tried again
+under the same job id, up to 5 more times over 2.5 to 5 s by default (back-off 0.2 s doubling to
+2 s, half of it random: ``retries``, ``retry_delay``, ``retry_max_delay``), and is idempotent:
+a try whose reply was lost but which reached Redis is recognised by its id and content, so the
+job is queued once. When every try failed, :class:`EnqueueError` names the job id and the
+Redis URL (password hidden); enqueueing the same batch under that id again is safe. A job
+counts as accepted only once ``emit_batch`` returned: what Redis then holds survives a Redis
+restart only if Redis persists it (AOF, see the README's "Guarantees").
 """
 
 from __future__ import annotations
@@ -49,16 +49,21 @@ _RETRYABLE: tuple[type[Exception], ...] = (*UNAVAILABLE, WatchError)
 class EnqueueError(EventWorkerError):
     """Redis did not confirm a job after every try; enqueueing it again under the same job id is safe."""
 
-    def __init__(self, url: str, job_id: str, tries: int, cause: BaseException, enqueued: list[str]) -> None:
+    def __init__(
+        self, url: str, job_id: str | None, tries: int, cause: BaseException, enqueued: list[str]
+    ) -> None:
         self.url = redacted(url)
         self.job_id = job_id
         self.tries = tries
         self.enqueued = enqueued
         reason = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        why = f"({type(cause).__name__}: {reason})"
+        if job_id is None:
+            super().__init__(f"could not connect to Redis at {self.url} {why}")
+            return
         before = f"; {len(enqueued)} job(s) of this emit were enqueued before it" if enqueued else ""
         super().__init__(
-            f"could not enqueue job {job_id} to Redis at {self.url} after {tries} tries"
-            f" ({type(cause).__name__}: {reason}){before}"
+            f"could not enqueue job {job_id} to Redis at {self.url} after {tries} tries {why}{before}"
         )
 
 
@@ -117,7 +122,7 @@ class EventProducer:
             try:
                 self._redis = await connect(self.redis_url)
             except _RETRYABLE as exc:
-                raise EnqueueError(self.redis_url, "(none yet: connecting)", 1, exc, []) from exc
+                raise EnqueueError(self.redis_url, None, 1, exc, []) from exc
         return self
 
     async def __aexit__(

@@ -1,0 +1,169 @@
+"""Two and three workers on one queue: no event stored twice, no rollup counted twice, each cron tick once."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from arq.jobs import Job
+from arq.utils import to_unix_ms
+from arq.worker import Worker
+from faults.conftest import FaultRow
+from faults.harness import Ledger, Stream, log_lines, wait_stored
+from sqlalchemy import func, select
+
+from worker.config import load_settings
+from worker.db.models import Rollup
+from worker.main import worker_settings
+from worker.redis import connect
+from worker.serialization import deserialize
+
+pytestmark = pytest.mark.faults
+
+UPDATE = "update_rollups"
+
+
+async def _rolled_up(db, source: str) -> int:
+    async with db.transaction() as session:
+        total = await session.scalar(
+            select(func.sum(Rollup.count)).where(Rollup.bucket_seconds == 60, Rollup.source == source)
+        )
+    return int(total or 0)
+
+
+async def _run_job(redis, queue: str, job_id: str) -> object:
+    """Enqueue ``update_rollups`` under ``job_id`` and wait for its result."""
+    job = await redis.enqueue_job(UPDATE, _job_id=job_id, _queue_name=queue)
+    assert job is not None
+    return await Job(job_id, redis, _queue_name=queue, _deserializer=deserialize).result(timeout=60)
+
+
+def _runs(rig, prefix: str) -> Counter[str]:
+    """How many times each ``update_rollups`` job whose id starts with ``prefix`` ran, over every worker."""
+    return Counter(
+        line["job_id"]
+        for worker in rig.workers
+        for line in log_lines(worker.output(), "rollups.updated")
+        if str(line.get("job_id", "")).startswith(prefix)
+    )
+
+
+async def _tick_from_every_worker(rig, workers: int) -> str:
+    """Let ``workers`` arq workers' own cron code enqueue the same tick at once; return its job id.
+
+    The tick is one in the past (second 5 of a minute, as ``update_rollups`` is scheduled), so that
+    no one waits a minute: each worker computes the tick's id ``update_rollups:<ms>`` on its own.
+    """
+    settings = load_settings(database_url=rig.database_url, redis_url=rig.redis_url, queue_name=rig.queue)
+    # A minute of its own: arq's job ids are global to a Redis database, whatever the queue.
+    minute = datetime(2020, 1, 1, tzinfo=UTC) + timedelta(minutes=random.randrange(10**6))  # all past
+    before_tick = minute + timedelta(seconds=4.6)
+    pools = [await connect(rig.redis_url) for _ in range(workers)]
+    try:
+        crons = [Worker(**worker_settings(settings, redis_pool=pool, handle_signals=False)) for pool in pools]
+        for cron in crons:
+            await cron.run_cron(before_tick, 0.5)  # learns its next tick
+        ticks = {job.next_run for cron in crons for job in cron.cron_jobs if job.name == UPDATE}
+        assert len(ticks) == 1
+        await asyncio.gather(*(cron.run_cron(before_tick, 0.5) for cron in crons))  # all enqueue it
+    finally:
+        for pool in pools:
+            await pool.aclose(close_connection_pool=True)
+    [tick] = ticks
+    assert tick is not None
+    return f"{UPDATE}:{to_unix_ms(tick)}"
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+async def test_workers_share_a_queue(rig, fault_report, soak, workers):
+    """Overlapping batches and rollup updates spread over several workers: each event and count once."""
+    for _ in range(workers):
+        await rig.start_worker()
+    ledger = Ledger()
+    db = rig.db()
+    started = time.monotonic()
+    async with rig.producer() as producer:
+        async with Stream(producer, ledger, batch_size=200, pause=0.03, overlap=100) as stream:
+            rounds = 0
+            while rounds < 8 or time.monotonic() - started < soak:
+                await stream.confirmed(len(ledger.jobs) + 3)
+                # A rollup update racing the ingests, on whichever worker takes it (what cron ticks do).
+                await producer.redis.enqueue_job(
+                    UPDATE, _job_id=f"{UPDATE}:race-{rig.queue}-{rounds}", _queue_name=rig.queue
+                )
+                rounds += 1
+        storage = await wait_stored(db, ledger, within=60)
+        drained = time.monotonic() - started
+        storage.assert_exactly_once()
+
+        tick = await _tick_from_every_worker(rig, workers)
+        queued = [job.decode() for job in await producer.redis.zrange(rig.queue, 0, -1)]
+        assert queued.count(tick) <= 1
+        result = await Job(tick, producer.redis, _queue_name=rig.queue, _deserializer=deserialize).result(
+            timeout=60
+        )
+        assert result is not None
+        again = await producer.redis.enqueue_job(UPDATE, _job_id=tick, _queue_name=rig.queue)
+        assert again is None, "a tick that already ran could be enqueued again"
+        await _run_job(producer.redis, rig.queue, f"{UPDATE}:final-{rig.queue}")
+    assert _runs(rig, tick) == Counter({tick: 1}), "the cron tick did not run exactly once"
+    assert len(_runs(rig, f"{UPDATE}:race-{rig.queue}-")) == rounds
+    verify = rig.cli("rollups", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert await _rolled_up(db, ledger.source) == storage.stored, "rollups do not count each event once"
+    per_worker = Counter(
+        line["worker_id"] for w in rig.workers for line in log_lines(w.output(), "ingest.stored")
+    )
+    assert len(per_worker) == workers, f"not every worker took jobs: {per_worker}"
+    fault_report.add(
+        FaultRow(
+            f"{workers} workers, one queue, overlapping batches",
+            sent=ledger.inputs,
+            events=ledger.events,
+            stored=storage.stored,
+            duplicated=storage.duplicated,
+            lost=len(storage.lost),
+            dead_letters=f"{storage.dead_letters}/{storage.dead_letters_expected}",
+            recovery_s=drained,
+            note=f"{rounds} racing rollup updates, `rollups verify` exit 0, rollups sum = events;"
+            f" one cron tick enqueued by {workers} workers ran once",
+        )
+    )
+
+
+@pytest.mark.soak
+async def test_real_cron_ticks_run_once_with_three_workers(rig, fault_report, soak):
+    """Over real minutes, each update_rollups tick runs exactly once across three workers."""
+    for _ in range(3):
+        await rig.start_worker()
+    ledger = Ledger()
+    db = rig.db()
+    started = time.monotonic()
+    async with rig.producer() as producer, Stream(producer, ledger, batch_size=100, pause=0.2, overlap=20):
+        await asyncio.sleep(max(soak, 130))  # at least two ticks (second 5 of each minute)
+    storage = await wait_stored(db, ledger, within=60)
+    storage.assert_exactly_once()
+    await asyncio.sleep(70)  # one more tick after the last event
+    ticks = _runs(rig, f"{UPDATE}:")
+    assert len(ticks) >= 2, ticks
+    assert set(ticks.values()) == {1}, f"a tick ran more than once: {ticks}"
+    verify = rig.cli("rollups", "verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert await _rolled_up(db, ledger.source) == storage.stored
+    fault_report.add(
+        FaultRow(
+            "3 workers, real cron ticks (soak)",
+            sent=ledger.inputs,
+            events=ledger.events,
+            stored=storage.stored,
+            duplicated=storage.duplicated,
+            lost=len(storage.lost),
+            dead_letters=f"{storage.dead_letters}/{storage.dead_letters_expected}",
+            recovery_s=time.monotonic() - started,
+            note=f"{len(ticks)} cron ticks, each run once; `rollups verify` exit 0",
+        )
+    )

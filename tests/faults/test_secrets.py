@@ -1,0 +1,105 @@
+"""Passwords in the database and Redis URLs appear nowhere: logs, errors, job results, stored rows.
+
+The rig scans, after every test of this tier, each worker's output, each command's output, every
+value in its Redis servers and the failed jobs and dead letters for every password it knows. This
+test walks the paths a password is most likely to take: failures to connect, failed jobs, retries
+after dropped connections, and the commands that print URLs or errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from faults.conftest import FaultRow
+from faults.harness import Ledger, free_port, terminate_backends, wait_stored
+from support import WorkerProcess, put_raw_job
+
+from worker.config import load_settings
+
+pytestmark = pytest.mark.faults
+
+WRONG_REDIS_PASSWORD = "wrongRedis-pw-5c1"
+DB_PASSWORD_ON_A_MISSING_DATABASE = "missingDb-pw-0b7"
+
+
+async def _exits(process: WorkerProcess, within: float = 60) -> int:
+    deadline = time.monotonic() + within
+    while process.process.poll() is None:
+        assert time.monotonic() < deadline, "the worker did not give up"
+        await asyncio.sleep(0.1)
+    return process.process.returncode
+
+
+async def test_passwords_never_leak(rig, fault_report):
+    """Connect failures, failed jobs, dropped connections and every command: no password in any of it."""
+    rig.secrets += [WRONG_REDIS_PASSWORD, DB_PASSWORD_ON_A_MISSING_DATABASE]
+    server = rig.own_redis()
+    wrong_redis = server.url.replace(server.password, WRONG_REDIS_PASSWORD)
+    missing_db = rig.database_url.replace(rig.database, "ew_no_such_database").replace(
+        ":pgF4ult", f":{DB_PASSWORD_ON_A_MISSING_DATABASE}"
+    )
+    assert DB_PASSWORD_ON_A_MISSING_DATABASE in missing_db
+
+    # Workers that cannot connect, each way.
+    refused = [
+        WorkerProcess(rig.env(REDIS_URL=wrong_redis), rig.tmp / "wrong-redis.log"),
+        WorkerProcess(
+            rig.env(DATABASE_URL=missing_db, EVENTWORKER_STARTUP_WAIT="1"), rig.tmp / "missing-db.log"
+        ),
+    ]
+    rig.workers += refused
+    for process in refused:
+        assert await _exits(process) != 0
+
+    # A working worker: a dead letter, a failed job, retries after dropped connections.
+    worker = await rig.start_worker(EVENTWORKER_MAX_TRIES="2")
+    db = rig.db()
+    ledger = Ledger()
+    config = load_settings(database_url=rig.database_url, redis_url=rig.redis_url, queue_name=rig.queue)
+    async with rig.producer() as producer:
+        for _ in range(5):
+            batch = ledger.batch(300, invalid=True)
+            ledger.confirm(await producer.emit_batch(batch), batch)
+            await terminate_backends(rig.admin_dsn, rig.database)
+        await put_raw_job(config, b'{"t":1,"f":"ingest_events","a":[],"k":{"x":1},"et":1}')
+        await put_raw_job(config, b"\x80\x04 not a job")
+    storage = await wait_stored(db, ledger, within=30)
+    assert storage.lost == []
+    deadline = time.monotonic() + 30
+    while storage.failed_jobs == 0:
+        assert time.monotonic() < deadline, "the job with wrong arguments was not recorded"
+        await asyncio.sleep(0.2)
+        storage = await wait_stored(db, ledger, within=1)
+
+    # Every command a person runs against it, and the ones that fail.
+    commands = [
+        ("failed", "list", "--json"),
+        ("dead-letters", "--json"),
+        ("config",),
+        ("check",),
+        ("status",),
+    ]
+    for args in commands:
+        rig.cli(*args)
+    nobody = f"redis://:{server.password}@127.0.0.1:{free_port()}/0"  # the real password, nothing there
+    for url in (wrong_redis, nobody):
+        assert rig.cli("enqueue", "-", stdin=b'{"specversion": "1.0"}\n', REDIS_URL=url).returncode == 1
+    rig.cli("status", REDIS_URL=nobody)
+    assert rig.cli("failed", "list", DATABASE_URL=missing_db).returncode == 1
+    assert worker.process.poll() is None
+    fault_report.add(
+        FaultRow(
+            "passwords in URLs (real Redis password)",
+            sent=ledger.inputs,
+            events=ledger.events,
+            stored=storage.stored,
+            duplicated=storage.duplicated,
+            lost=len(storage.lost),
+            dead_letters=f"{storage.dead_letters}/{storage.dead_letters_expected}",
+            recovery_s=None,
+            note=f"{len(rig.outputs)} command outputs and {len(rig.workers)} worker logs (2 refused to start)"
+            " scanned with Redis values and stored rows: no password anywhere",
+        )
+    )
