@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 from typing import IO, Any, TypeVar
 
 import click
-import orjson
 
 from worker.commands.base import print_rows, run_or_exit, settings_or_exit, with_session
 from worker.config import env_example, redact_url
+from worker.serialization import deserialize
 
 T = TypeVar("T")
 EXIT_CONFIG = 2
@@ -62,8 +62,8 @@ def _read_ndjson(stream: IO[bytes]) -> Iterator[Any]:
         if not line.strip():
             continue
         try:
-            yield orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
+            yield deserialize(line)  # exact: orjson would turn integers beyond 64 bits into floats
+        except ValueError as exc:
             # Sent anyway, as text: the worker keeps it as a dead letter rather than it vanishing here.
             click.echo(f"line {number}: not JSON ({exc}); sent as text, it will be a dead letter", err=True)
             yield line.decode("utf-8", "backslashreplace").rstrip("\n")
@@ -159,7 +159,6 @@ def failed_requeue(ids: tuple[int, ...]) -> None:
     """Enqueue failed jobs IDS again, with their original arguments."""
     from worker.db import statements
     from worker.redis import connect
-    from worker.serialization import deserialize
 
     settings = settings_or_exit()
 

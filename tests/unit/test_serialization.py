@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from worker.constants import INGEST_JOB, UNDECODABLE_JOB
-from worker.serialization import deserialize, job_deserializer, serialize, undecodable_job
+from worker.serialization import OutOfRangeNumber, deserialize, job_deserializer, serialize, undecodable_job
 
 KNOWN = frozenset({INGEST_JOB, UNDECODABLE_JOB})
 
@@ -198,3 +198,37 @@ def test_job_deserializer_checks_the_try_field(data):
     job = job_deserializer(KNOWN)(data)
     assert job["f"] == UNDECODABLE_JOB
     assert job["a"] == [base64.b64encode(data).decode(), "job has no try number"]
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["18446744073709551616", "-9223372036854775809", "123456789012345678901234567890", "9" * 400],
+)
+def test_integers_beyond_64_bits_stay_exact(number):
+    """orjson reads these as floats (or refuses them), changing them; jobs keep them exact both ways."""
+    decoded = deserialize(f'{{"n": {number}}}'.encode())
+    assert decoded == {"n": int(number)}
+    assert type(decoded["n"]) is int
+    assert serialize(decoded) == f'{{"n":{number}}}'.encode()
+
+
+def test_numbers_no_float_holds_are_kept_as_their_text():
+    """1e400 is valid JSON but no float: it stays as its text, unequal to any JSON value, not Infinity."""
+    decoded = deserialize(b'{"a": 1E400, "b": -2e999, "c": 1.5e300, "d": 1e-400}')
+    assert decoded["a"] == OutOfRangeNumber("1E400")
+    assert repr(decoded["a"]) == "1E400"
+    assert decoded["b"] == OutOfRangeNumber("-2e999")
+    assert (decoded["c"], decoded["d"]) == (1.5e300, 0.0)
+    with pytest.raises(TypeError):
+        orjson.dumps(decoded)
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_json_constants_make_a_job_undecodable(literal):
+    """NaN and Infinity are not JSON: such a job is kept whole as a dead letter, not stored as null."""
+    with pytest.raises(ValueError, match="not a JSON value"):
+        deserialize(f"[{literal}]".encode())
+    raw = f'{{"f": "{INGEST_JOB}", "a": [[{{"x": {literal}}}]], "k": {{}}, "t": 1, "et": 1}}'.encode()
+    job = job_deserializer(KNOWN)(raw)
+    assert job["f"] == UNDECODABLE_JOB
+    assert base64.b64decode(job["a"][0]) == raw

@@ -23,6 +23,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from worker.config import Settings
 from worker.constants import MAX_APPLICATION_NAME
+from worker.serialization import deserialize
 
 
 def _json_dumps(value: Any) -> str:
@@ -83,7 +84,7 @@ def make_engine(settings: Settings) -> AsyncEngine:
         hide_parameters=True,  # errors must not carry event payloads (or anything secret) into logs
         connect_args=_connect_args(driver, settings),
         json_serializer=_json_dumps,
-        json_deserializer=orjson.loads,
+        json_deserializer=deserialize,  # exact integers beyond 64 bits (orjson reads them as floats)
         **pool_args,
     )
     if driver == "aiosqlite":
