@@ -19,11 +19,13 @@ EXEC, how arq claims a job and enqueues a cron tick) alive across a reconnect; s
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import in_progress_key_prefix
 from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
@@ -138,6 +140,14 @@ class ReconnectingPipeline(Pipeline):
     under the old WATCH is made again: if each reads the same, the transaction goes on as if the
     connection had never dropped; if not, ``execute()`` raises WatchError, which arq takes as "taken
     meanwhile" (the job is left to whoever took it, or tried again at the next poll).
+
+    A drop during ``EXEC`` itself leaves its outcome unknown: Redis may have applied the
+    transaction and lost only the reply. redis-py then raises WatchError, which for arq's claim
+    of a job (``PSETEX arq:in-progress:<id>``) meant "taken by someone else" although this worker
+    held the claim: nobody ran the job until the claim expired (job timeout + 15 s). So a claim
+    is written with a value of its own (arq only checks that the key exists), and after such a
+    drop it is read back: if it holds this claim's value, the transaction was applied and
+    ``execute()`` returns as if the reply had arrived.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -145,6 +155,7 @@ class ReconnectingPipeline(Pipeline):
         self._watched: tuple[Any, ...] = ()
         self._reads: list[tuple[tuple[Any, ...], dict[str, Any], Any]] = []
         self._changed = False
+        self._dropped = False
 
     async def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
         watched, reads = self._watched, self._reads  # a drop resets the pipeline, and these with it
@@ -184,7 +195,51 @@ class ReconnectingPipeline(Pipeline):
         if self._changed:
             await self.reset()
             raise WatchError("a watched key changed while the connection was re-established")
-        return await super().execute(raise_on_error)
+        claim, self._dropped = self._mark_claim(), False
+        try:
+            return await super().execute(raise_on_error)
+        except WatchError:
+            if claim is None or not self._dropped:
+                raise
+            key, token = claim
+            if await self._read_after_drop(key) != token.encode():
+                raise
+            return [True]  # applied: the reply of PSETEX, all arq reads
+
+    def _mark_claim(self) -> tuple[str, str] | None:
+        """If this transaction is arq's claim of a job, give its value a token of its own."""
+        if not self.watching or len(self.command_stack) != 1:
+            return None
+        args, options = self.command_stack[0]
+        if (
+            len(args) != 4
+            or str(args[0]).upper() != "PSETEX"
+            or not str(args[1]).startswith(in_progress_key_prefix)
+        ):
+            return None
+        token = f"1:{uuid.uuid4().hex}"
+        self.command_stack[0] = ((*args[:3], token), options)
+        return str(args[1]), token
+
+    async def _read_after_drop(self, key: str) -> Any:
+        """GET ``key`` on a connection of the pool, with the pool's retries."""
+        connection = await self.connection_pool.get_connection()
+        try:
+            return await connection.retry.call_with_retry(
+                lambda: self._get(connection, key), lambda _error: connection.disconnect()
+            )
+        finally:
+            await self.connection_pool.release(connection)
+
+    @staticmethod
+    async def _get(connection: Any, key: str) -> bytes | None:
+        await connection.send_command("GET", key)
+        value = await connection.read_response()
+        return value.encode() if isinstance(value, str) else value
+
+    async def _disconnect_raise_reset(self, conn: Any, error: Exception) -> None:
+        self._dropped = True
+        await super()._disconnect_raise_reset(conn, error)
 
     async def reset(self) -> None:
         await super().reset()  # type: ignore[no-untyped-call]  # (redis-py leaves it unannotated)
