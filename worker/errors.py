@@ -5,6 +5,8 @@
     EventWorkerError                 base: ``str(exc)`` is always a message a person can act on
     ├── ConfigError                  a setting is invalid (names the setting)
     ├── SchemaBehindError            the database is not migrated to this version (names the command)
+    ├── EnqueueError                 a producer could not enqueue after its tries (names the job id;
+    │                                worker.producer)
     ├── RetryableError               trying again later may succeed
     │   ├── DatabaseUnavailable      connection refused, dropped, server restarting
     │   └── CheckpointMoved          another run moved a checkpoint first (names the checkpoint)

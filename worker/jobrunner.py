@@ -5,7 +5,10 @@ do: retry with back-off (arq ``Retry``), or record the job in ``failed_jobs`` wi
 its arguments and error so the CLI can list and re-enqueue it. arq's own try limit
 is set :data:`RECORD_TRIES` above ours, so the try after the last one still runs
 here and records the failure (for example after repeated kills) instead of arq
-dropping the job. Each try is also reported to the worker's monitor
+dropping the job. A try that failed only because the database could not be reached is
+given back to arq (its try counter is decremented), so an outage of any length sends no
+job to ``failed_jobs``: the job waits with back-off, counted in ``eventworker:db-waits:<id>``.
+Each try is also reported to the worker's monitor
 (:func:`worker.monitor.tracked`), which records in Redis which worker runs it and,
 for cron jobs, how their last run ended.
 """
@@ -21,17 +24,22 @@ from typing import Any, NoReturn
 
 import structlog
 from arq import Retry
+from arq.constants import retry_key_prefix
 
 from worker.context import WorkerContext
 from worker.db import statements
 from worker.errors import JobFailed
 from worker.logging import get_logger, redact_text
 from worker.monitor import tracked
-from worker.retry import GiveUp, RetryLater, backoff, decide
+from worker.retry import DATABASE_UNAVAILABLE, GiveUp, RetryLater, backoff, decide
 from worker.serialization import serialize
 
 #: Extra arq tries beyond ``max_tries`` in which a job only records its own failure.
 RECORD_TRIES = 2
+#: Redis key counting a job's tries that met an unreachable database (for their back-off).
+DB_WAITS_PREFIX = "eventworker:db-waits:"
+#: How long that count is kept after the last such try (as arq keeps its own try counter).
+DB_WAITS_TTL_S = 88_400
 
 JobFunction = Callable[..., Awaitable[Any]]
 log = get_logger("eventworker.job")
@@ -56,6 +64,27 @@ async def record_failure(
             tries=tries,
             now=_now(),
         )
+
+
+async def _give_back_try(ctx: WorkerContext) -> int | None:
+    """Undo arq's count of this try; return how many tries of the job met no database, or None.
+
+    None when there is no Redis to tell (a job called directly) or Redis failed too: then the
+    try counts as any other.
+    """
+    redis, job_id = ctx.get("redis"), ctx.get("job_id")
+    if redis is None or not job_id:
+        return None
+    try:
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.decr(retry_key_prefix + job_id)
+            pipe.incr(DB_WAITS_PREFIX + job_id)
+            pipe.expire(DB_WAITS_PREFIX + job_id, DB_WAITS_TTL_S)
+            _, waits, _ = await pipe.execute()
+    except Exception as exc:  # any failure here only means the try counts
+        log.warning("job.try_not_given_back", error=type(exc).__name__)
+        return None
+    return int(waits)
 
 
 async def _give_up(
@@ -113,12 +142,19 @@ async def _run(
             exc, job_try, settings.max_tries, base=settings.retry_base_delay, cap=settings.retry_max_delay
         )
         error = f"{type(exc).__name__}: {exc}"
+        waits = None
+        if isinstance(decision, RetryLater) and decision.reason == DATABASE_UNAVAILABLE:
+            waits = await _give_back_try(ctx)
+            if waits is not None:
+                delay = backoff(waits, settings.retry_base_delay, settings.retry_max_delay)
+                decision = RetryLater(delay, DATABASE_UNAVAILABLE)
         if isinstance(decision, RetryLater):
             log.warning(
                 "job.retry",
                 reason=decision.reason,
                 retry_in_s=round(decision.delay, 2),
                 error=redact_text(error, settings.secrets())[:500],
+                **({} if waits is None else {"try_counted": False, "database_waits": waits}),
             )
             if metrics is not None:
                 metrics.jobs_retried.labels(name).inc()

@@ -1,7 +1,10 @@
 """What to do when a job fails: a pure function of (exception, try) to a decision.
 
 Every failure is retried with exponential back-off and jitter (arq has none), except
-permanent ones and those on the last try, which are recorded as failed jobs.
+permanent ones and those on the last try, which are recorded as failed jobs. A try that
+failed only because the database could not be reached is not the job's fault and has no
+last try: the job waits for the database, however long the outage
+(:func:`worker.jobrunner.job` gives that try back to arq).
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from dataclasses import dataclass
 
 from worker.db.failures import is_connection_error
 from worker.errors import PermanentError
+
+#: The kind of failure that does not use up a try.
+DATABASE_UNAVAILABLE = "database_unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +54,7 @@ def classify(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):  # the job's own time limit, or a connect timeout
         return "timeout"
     if is_connection_error(exc):
-        return "database_unavailable"
+        return DATABASE_UNAVAILABLE
     return "unexpected"
 
 
@@ -61,10 +67,14 @@ def decide(
     cap: float,
     rand: Callable[[], float] = random.random,
 ) -> Decision:
-    """Retry with back-off, or give up on permanent failures and on the last try."""
+    """Retry with back-off, or give up on permanent failures and on the last try.
+
+    ``database_unavailable`` is always retried: recording the failure needs the database too,
+    and the job itself did nothing wrong. For it ``job_try`` counts the waits so far, for the back-off.
+    """
     kind = classify(exc)
     if kind == "permanent":
         return GiveUp(kind)
-    if job_try >= max_tries:
+    if job_try >= max_tries and kind != DATABASE_UNAVAILABLE:
         return GiveUp(f"{kind}, last of {max_tries} tries")
     return RetryLater(backoff(job_try, base, cap, rand), kind)

@@ -13,11 +13,13 @@ import orjson
 import pytest
 import structlog
 from arq import Retry
+from arq.constants import retry_key_prefix
 from sqlalchemy import select
 
 from worker.db.models import FailedJob
 from worker.errors import DatabaseUnavailable, InvalidEvent, JobFailed
-from worker.jobrunner import job
+from worker.jobrunner import DB_WAITS_PREFIX, DB_WAITS_TTL_S, job
+from worker.redis import memory_pool
 
 SECRET = "r3dis-s3cret-pw"
 
@@ -158,3 +160,38 @@ async def test_failure_that_cannot_be_recorded_is_retried(make_ctx, unreachable_
         await export_orders(make_ctx(db=unreachable_db, job_try=settings.max_tries))
     assert caught.value.defer_score is not None
     assert 0 < caught.value.defer_score <= 40
+
+
+async def test_a_try_that_met_no_database_is_given_back(make_ctx, db, settings):
+    """arq's try counter is decremented for it, so even past max_tries the job waits instead of failing.
+
+    The back-off grows with the count of such tries, kept in Redis beside arq's own counter.
+    """
+    redis = memory_pool()
+    retry_key, waits_key = retry_key_prefix + "job-db", DB_WAITS_PREFIX + "job-db"
+    await redis.set(retry_key, settings.max_tries)  # arq counted this try: it is the last
+    export_orders = failing(DatabaseUnavailable("the database system is shutting down"))
+    delays = []
+    for waits in (1, 2, 3):
+        with pytest.raises(Retry) as caught:
+            await export_orders(make_ctx(job_try=settings.max_tries, job_id="job-db", redis=redis), [1])
+        assert int(await redis.get(retry_key)) == settings.max_tries - 1  # given back...
+        await redis.incr(retry_key)  # ...and counted again by arq at the next start
+        assert int(await redis.get(waits_key)) == waits
+        assert 0 < await redis.ttl(waits_key) <= DB_WAITS_TTL_S
+        delays.append(caught.value.defer_score)
+    assert await failed_jobs(db) == []
+    assert delays[0] <= 10 <= delays[1] <= 20 <= delays[2] <= 40  # base 0.01 s, doubling, cap 0.04 s
+
+
+async def test_other_failures_still_use_up_their_tries(make_ctx, db, settings):
+    """Only an unreachable database is given back: any other failure on the last try is recorded."""
+    redis = memory_pool()
+    await redis.set(retry_key_prefix + "job-x", settings.max_tries)
+    with pytest.raises(JobFailed):
+        await failing(RuntimeError("boom"))(
+            make_ctx(job_try=settings.max_tries, job_id="job-x", redis=redis), [1]
+        )
+    assert int(await redis.get(retry_key_prefix + "job-x")) == settings.max_tries
+    assert await redis.get(DB_WAITS_PREFIX + "job-x") is None
+    assert len(await failed_jobs(db)) == 1

@@ -89,7 +89,8 @@ def test_classify(exc, kind):
         (InvalidEvent([]), 3, 5, GiveUp("permanent")),
         (RuntimeError("boom"), 5, 5, GiveUp("unexpected, last of 5 tries")),
         (RuntimeError("boom"), 6, 5, GiveUp("unexpected, last of 5 tries")),
-        (operational_error(), 1, 1, GiveUp("database_unavailable, last of 1 tries")),
+        (operational_error(), 1, 1, RetryLater(1.0, "database_unavailable")),  # no last try
+        (ConnectionRefusedError(), 7, 5, RetryLater(60.0, "database_unavailable")),
         (TimeoutError(), 3, 3, GiveUp("timeout, last of 3 tries")),
         (RuntimeError("boom"), 1, 5, RetryLater(1.0, "unexpected")),
         (RuntimeError("boom"), 4, 5, RetryLater(8.0, "unexpected")),
@@ -102,7 +103,10 @@ def test_classify(exc, kind):
     ],
 )
 def test_decide(exc, job_try, max_tries, expected):
-    """Permanent failures and last tries give up; everything else is retried with back-off."""
+    """Permanent failures and last tries give up; everything else is retried with back-off.
+
+    An unreachable database has no last try: the job waits for it.
+    """
     assert decide(exc, job_try, max_tries, base=1.0, cap=60.0, rand=always(1.0)) == expected
 
 
