@@ -1,12 +1,19 @@
-"""The event statistics report's queries, one function per figure, each on the session it is given.
+"""The event statistics report's queries, each on the session it is given.
 
 Every query covers one window of arrival time, ``start <= received_at < end`` (events by
 their ``received_at``, dead letters by theirs), so the indexes on ``received_at`` bound the
-scan. The functions are independent of each other: :mod:`worker.report` runs them one after
-another in one session, or each in its own session at the same time.
+scan. The report runs three (:mod:`worker.report`), independent of each other, one after
+another in one session or each in its own session at the same time:
 
-The one dialect difference stays here: how to subtract two timestamps into seconds
-(:func:`lag_seconds`).
+- :func:`window_counts`: the event count, counts by type and by source and the top subjects.
+  On PostgreSQL that is one pass over the window (``GROUPING SETS``) instead of four: the
+  four aggregates cost about half as much together as apart (bench/report.py).
+- :func:`lag_sample`: ingestion lags.
+- :func:`dead_letters_by_reason`.
+
+The dialect differences stay here: how to count several groupings at once
+(:func:`window_counts`), how to subtract two timestamps into seconds (:func:`lag_seconds`)
+and how to keep a transaction off PostgreSQL's parallel workers (:func:`without_parallel_workers`).
 """
 
 from __future__ import annotations
@@ -16,7 +23,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, Select, cast, extract, func, literal_column, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Float,
+    Select,
+    String,
+    cast,
+    extract,
+    func,
+    literal,
+    literal_column,
+    null,
+    select,
+    tuple_,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -83,6 +105,113 @@ async def top_subjects(session: AsyncSession, start: datetime, end: datetime, li
     """The ``limit`` most frequent subjects in the window (events without one left out)."""
     statement = _grouped(Event.subject, start, end, limit).where(Event.subject.is_not(None))
     return await _counts(session, statement)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCounts:
+    """A window's four counting figures, each as its own statement finds it (:func:`window_counts`)."""
+
+    events: int
+    by_type: Counts
+    by_source: Counts
+    top_subjects: Counts
+
+
+#: ``GROUPING(type, source, subject)`` of each grouping set: a bit set per column left out.
+_BY_PAIR, _BY_SUBJECT, _ALL = 0b001, 0b110, 0b111
+
+
+#: Rows of figures: (figure, key, count, rank).
+FigureRows = Select[str, str | None, int, int]
+
+
+def _top(figure: str, counted: Select[Any, int], limit: int) -> FigureRows:
+    """The ``limit`` most frequent keys of ``counted`` (rows ``key, n``) as rows (figure, key, n, rank)."""
+    ordered = counted.subquery()
+    rows = select(ordered).order_by(ordered.c.n.desc(), ordered.c.key).limit(limit).subquery()
+    # The rank carries the order out of the UNION, which keeps none of its own.
+    rank = func.row_number().over(order_by=(rows.c.n.desc(), rows.c.key))
+    return select(literal(figure).label("figure"), rows.c.key, rows.c.n, rank.label("rank"))
+
+
+def _grouping_sets_counts(start: datetime, end: datetime, limit: int, subjects: int) -> FigureRows:
+    """One pass over the window: rows (figure, key, count, rank), ordered by figure and rank.
+
+    One scan counts the (type, source) pairs, the subjects and the whole window: two hash
+    tables, cheaper than one per type and one per source as long as pairs are few, as they
+    usually are (the rollups keep a series per pair). The groups are kept once (a CTE used
+    more than once is materialized); types and sources are summed from the pairs.
+    """
+    groups = (
+        select(
+            func.grouping(Event.type, Event.source, Event.subject).label("grouping"),
+            Event.type,
+            Event.source,
+            Event.subject,
+            func.count().label("n"),
+        )
+        .where(_in_window(start, end))
+        .group_by(func.grouping_sets(tuple_(Event.type, Event.source), tuple_(Event.subject), tuple_()))
+        .cte("window_groups")
+    )
+    pairs = groups.c.grouping == _BY_PAIR
+
+    def summed(key: ColumnElement[Any]) -> Select[Any, int]:
+        n = cast(func.sum(groups.c.n), BigInteger).label("n")
+        return select(key.label("key"), n).where(pairs).group_by(key)
+
+    subject = groups.c.subject
+    figures = union_all(
+        _top("by_type", summed(groups.c.type), limit),
+        _top("by_source", summed(groups.c.source), limit),
+        _top(
+            "top_subjects",
+            select(subject.label("key"), groups.c.n).where(
+                groups.c.grouping == _BY_SUBJECT, subject.is_not(None)
+            ),
+            subjects,
+        ),
+        select(literal("events"), cast(null(), String), groups.c.n, literal(1)).where(
+            groups.c.grouping == _ALL
+        ),
+    ).subquery()
+    return select(figures).order_by(figures.c.figure, figures.c.rank)
+
+
+async def window_counts(
+    session: AsyncSession, start: datetime, end: datetime, *, limit: int = 50, subjects: int = 10
+) -> WindowCounts:
+    """The event count, the ``limit`` most frequent types and sources and the top ``subjects`` subjects.
+
+    PostgreSQL counts them in one pass over the window (``GROUPING SETS``); MySQL, MariaDB
+    and SQLite have no grouping sets, so there the four statements run one after another.
+    """
+    if _dialect(session) != "postgresql":
+        return WindowCounts(
+            events=await count_events(session, start, end),
+            by_type=await counts_by_type(session, start, end, limit),
+            by_source=await counts_by_source(session, start, end, limit),
+            top_subjects=await top_subjects(session, start, end, subjects),
+        )
+    events, figures = 0, {"by_type": Counts(), "by_source": Counts(), "top_subjects": Counts()}
+    for figure, key, n, _ in await session.execute(_grouping_sets_counts(start, end, limit, subjects)):
+        if figure == "events":
+            events = int(n)
+        else:
+            figures[figure].append((str(key), int(n)))
+    return WindowCounts(events=events, **figures)
+
+
+async def without_parallel_workers(session: AsyncSession) -> None:
+    """Keep this transaction's statements to one server process each (PostgreSQL; nothing elsewhere).
+
+    For the fanned-out report, whose queries already run side by side: parallel workers on top
+    would take cores from the slowest query, :func:`window_counts`, which as ``GROUPING SETS``
+    never runs in parallel itself (bench/README.md, "Report fan-out"). ``set_config(..., true)``
+    lasts until the transaction ends, so the pooled connection keeps the server's setting.
+    """
+    if _dialect(session) == "postgresql":
+        await session.execute(select(func.set_config("max_parallel_workers_per_gather", "0", True)))
 
 
 async def dead_letters_by_reason(session: AsyncSession, start: datetime, end: datetime) -> Counts:
