@@ -11,8 +11,10 @@
   connection to the pool; nothing is held between samples.
 
 The job runner reports each try through :func:`tracked`, which records which worker runs
-which job (and, for cron jobs, how the last run ended). A Redis error in any of this is
-logged and ignored: bookkeeping never fails a job or stops a worker.
+which job (and, for cron jobs, how the last run ended). Running jobs are written to Redis
+together every :data:`RUNNING_FLUSH_S` by a third task, not one by one: a short job costs
+no Redis call of its own (cron jobs, rare, are written at once). A Redis error in any of
+this is logged and ignored: bookkeeping never fails a job or stops a worker.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
 REDIS_TIMEOUT_S: Final = 2.0
 #: arq's own time limit is ours plus this (``worker.main.TIMEOUT_GRACE_S``), and then the in-progress lock.
 DEADLINE_GRACE_S: Final = 5.0
+#: Seconds between writes of the running jobs to Redis; a job shorter than this may never show.
+RUNNING_FLUSH_S: Final = 0.5
 
 log = get_logger("eventworker.monitor")
 
@@ -100,6 +104,9 @@ class Monitor:
         self.started_at = clock()
         self.running: dict[str, RunningJob] = {}
         self.done: Counter[str] = Counter()
+        self._unwritten: dict[str, RunningJob] = {}  # running, not in Redis yet
+        self._written: set[str] = set()  # in Redis's running jobs
+        self._ended: set[str] = set()  # in Redis, ended since: to remove
         self._tasks: list[asyncio.Task[None]] = []
         if metrics is not None:
             metrics.jobs_running.set_function(lambda: len(self.running))
@@ -124,10 +131,11 @@ class Monitor:
         )
 
     def start(self) -> None:
-        """Start the heartbeat, and the sampler when metrics are served."""
+        """Start the heartbeat and the running-jobs writer, and the sampler when metrics are served."""
         self._tasks.append(
             asyncio.create_task(self._every(self.settings.health_check_interval, self.heartbeat))
         )
+        self._tasks.append(asyncio.create_task(self._every(RUNNING_FLUSH_S, self.flush_running)))
         if self.metrics is not None and self.metrics_port is not None:
             self._tasks.append(
                 asyncio.create_task(self._every(self.settings.metrics_sample_interval, self.sample))
@@ -141,6 +149,9 @@ class Monitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self._unwritten.clear()  # whatever still runs is being handed back: it runs here no more
+        self._ended |= self._written
+        await self.flush_running()
         await self._quietly("remove_worker", tracking.remove_worker(self.redis, self.queue, self.worker_id))
 
     async def _every(self, interval: float, step: Callable[[], Awaitable[None]]) -> None:
@@ -196,26 +207,48 @@ class Monitor:
         deadline = now + timedelta(seconds=self.settings.job_timeout + DEADLINE_GRACE_S)
         run = RunningJob(job_id, job, self.worker_id, job_try, now, deadline)
         self.running[job_id] = run
-        call = tracking.job_started(self.redis, self.queue, run, cron=job in self.cron_jobs)
-        await self._quietly("job_started", call)
+        if job in self.cron_jobs:
+            if await self._quietly(
+                "job_started", tracking.job_started(self.redis, self.queue, run, cron=True)
+            ):
+                self._written.add(job_id)
+        else:
+            self._unwritten[job_id] = run
         return run
+
+    async def flush_running(self) -> None:
+        """Write the jobs started since the last call and remove those that ended (one Redis call)."""
+        started, ended = list(self._unwritten.values()), list(self._ended)
+        if not started and not ended:
+            return
+        self._unwritten.clear()
+        self._ended.clear()
+        if await self._quietly("running", tracking.update_running(self.redis, self.queue, started, ended)):
+            self._written.difference_update(ended)
+            self._written.update(run.job_id for run in started)
+            return
+        for run in started:  # next time, if they still run
+            if self.running.get(run.job_id) is run:
+                self._unwritten[run.job_id] = run
+        self._ended.update(ended)
 
     async def job_finished(self, run: RunningJob, exc: BaseException | None) -> None:
         """Note how a try ended."""
         self.running.pop(run.job_id, None)
         outcome = outcome_of(exc)
         self.done[outcome] += 1
+        if run.job not in self.cron_jobs:
+            if self._unwritten.get(run.job_id) is run:
+                del self._unwritten[run.job_id]  # never written: nothing to remove
+            elif run.job_id in self._written:
+                self._ended.add(run.job_id)
+            return
         error = None if exc is None else redact_text(_error_text(exc), self.settings.secrets())
         call = tracking.job_finished(
-            self.redis,
-            self.queue,
-            run,
-            cron=run.job in self.cron_jobs,
-            outcome=outcome,
-            error=error,
-            now=self.clock(),
+            self.redis, self.queue, run, cron=True, outcome=outcome, error=error, now=self.clock()
         )
-        await self._quietly("job_finished", call)
+        if await self._quietly("job_finished", call):
+            self._written.discard(run.job_id)
 
 
 @asynccontextmanager

@@ -10,8 +10,10 @@ date (key prefixes in :mod:`worker.constants`, the queue name after them):
     beating is *stale* after :data:`STALE_AFTER_BEATS` intervals; its record stays, so a
     crash shows, until :data:`FORGET_AFTER_S` later the next heartbeat of any worker drops it.
 ``eventworker:running:<queue>``
-    arq job id -> :class:`RunningJob`: set when a job starts, removed when it ends (one Redis
-    call each). An entry past its deadline belongs to a worker that died mid-job.
+    arq job id -> :class:`RunningJob`. A worker writes its running jobs in one pipelined call
+    every :data:`worker.monitor.RUNNING_FLUSH_S` (a job that ends before that is never written)
+    and cron jobs at once; an entry is removed when its job ends. An entry past its deadline
+    belongs to a worker that died mid-job.
 ``eventworker:cron:<queue>``
     ``<job>`` -> the cron job's last start, ``<job>:done`` -> its last finished run
     (:class:`CronRun`, with outcome and error).
@@ -258,6 +260,17 @@ async def job_started(redis: RedisClient, queue: str, run: RunningJob, *, cron: 
             start = CronRun(run.job, run.job_id, run.worker_id, run.started_at)
             pipe.hset(cron_key(queue), run.job, encode_cron(start))
             pipe.expire(cron_key(queue), FORGET_AFTER_S * 24 * 7)
+        await pipe.execute()
+
+
+async def update_running(redis: RedisClient, queue: str, started: list[RunningJob], ended: list[str]) -> None:
+    """Remove the ``ended`` job ids from the running jobs, then add ``started`` (one round trip)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        if ended:
+            pipe.hdel(running_key(queue), *ended)
+        if started:
+            pipe.hset(running_key(queue), mapping={run.job_id: encode_running(run) for run in started})
+            pipe.expire(running_key(queue), FORGET_AFTER_S)
         await pipe.execute()
 
 

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from conftest import SERVER_BACKENDS
+from sqlalchemy import event as sa_event
 from sqlalchemy import text
 from support import connection_names, enqueue, event, run_worker
 
@@ -57,8 +58,9 @@ async def test_pg_stat_activity_names_the_job_while_a_real_job_runs(settings, db
     original = statements.insert_events
 
     async def observed(session, rows):
+        result = await original(session, rows)  # the transaction has its connection now, still open
         seen.append(await connection_names(db, f"%{settings.connection_name}"))
-        return await original(session, rows)
+        return result
 
     monkeypatch.setattr(statements, "insert_events", observed)
     await enqueue(settings, [[event(1)]])
@@ -113,3 +115,26 @@ async def test_startup_gives_up_on_an_unreachable_database_without_leaking_the_p
     assert "hunter2-secret" not in message
     assert "postgresql+asyncpg://ew:***@127.0.0.1:1/nowhere" in message
     assert len(message.splitlines()) == 1
+
+
+async def test_a_transaction_takes_its_connection_at_its_first_statement(settings, db):
+    """Acquire late: a job's transaction with no statement checks out no connection and sends nothing."""
+    checkouts: list[tuple[object, ...]] = []
+
+    def count(*args: object) -> None:
+        checkouts.append(args)
+
+    pool = db.engine.sync_engine.pool
+    sa_event.listen(pool, "checkout", count)
+    try:
+        async with db.transaction("noop"):
+            assert pool.checkedout() == 0
+        assert checkouts == []
+        async with db.transaction("ingest_events") as session:
+            assert checkouts == []
+            await session.execute(text("SELECT 1"))
+            assert len(checkouts) == 1
+            assert pool.checkedout() == 1
+        assert pool.checkedout() == 0
+    finally:
+        sa_event.remove(pool, "checkout", count)

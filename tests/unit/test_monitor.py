@@ -62,20 +62,74 @@ def test_outcome_of_a_try(exc, outcome):
 async def test_a_running_job_is_recorded_with_its_worker_until_it_ends(
     make_ctx, make_monitor, redis, settings
 ):
-    """While a job runs, Redis says which worker runs it; afterwards it is gone and counted as done."""
+    """While a job runs, Redis says which worker runs it (from the next flush); after it, it is gone."""
     monitor = make_monitor()
     seen = []
 
     @job
     async def export_orders(ctx):
-        seen.extend(await tracking.read_running(redis, settings.queue_name))
+        seen.append(await tracking.read_running(redis, settings.queue_name))  # not written yet
+        await monitor.flush_running()
+        seen.append(await tracking.read_running(redis, settings.queue_name))
         return "done"
 
     assert await export_orders(make_ctx(monitor=monitor, job_id="job-9")) == "done"
-    assert [(run.job_id, run.job, run.worker_id) for run in seen] == [("job-9", "export_orders", "host-a:7")]
+    assert seen[0] == []
+    assert [(run.job_id, run.job, run.worker_id) for run in seen[1]] == [
+        ("job-9", "export_orders", "host-a:7")
+    ]
+    assert [run.job_id for run in await tracking.read_running(redis, settings.queue_name)] == ["job-9"]
+    await monitor.flush_running()
     assert await tracking.read_running(redis, settings.queue_name) == []
     assert monitor.done == {"ok": 1}
     assert monitor.running == {}
+
+
+async def test_a_job_that_ends_before_a_flush_costs_no_redis_call(make_ctx, make_monitor, settings):
+    """Short jobs are never written: the flush after them has nothing to send."""
+    calls = []
+
+    class CountingRedis:
+        def __getattr__(self, name):
+            calls.append(name)
+            raise ConnectionError(name)
+
+    monitor = make_monitor(redis_client=CountingRedis())
+
+    @job
+    async def export_orders(ctx):
+        return 1
+
+    for n in range(50):
+        await export_orders(make_ctx(monitor=monitor, job_id=f"job-{n}"))
+    await monitor.flush_running()
+    assert calls == []
+    assert monitor.done == {"ok": 50}
+
+
+async def test_running_jobs_not_written_for_a_redis_error_are_written_later(
+    make_ctx, make_monitor, redis, settings
+):
+    """A flush that fails keeps what it had to write; the next one writes it, and removes ended jobs."""
+    monitor = make_monitor(redis_client=BrokenRedis())
+    release = asyncio.Event()
+
+    @job
+    async def export_orders(ctx):
+        await release.wait()
+
+    running = asyncio.create_task(export_orders(make_ctx(monitor=monitor, job_id="job-long")))
+    await asyncio.sleep(0.01)
+    with capture_logs() as logs:
+        await monitor.flush_running()
+    assert [line["step"] for line in logs if line["event"] == "monitor.redis_failed"] == ["running"]
+    monitor.redis = redis  # Redis is back
+    await monitor.flush_running()
+    assert [run.job_id for run in await tracking.read_running(redis, settings.queue_name)] == ["job-long"]
+    release.set()
+    await running
+    await monitor.flush_running()
+    assert await tracking.read_running(redis, settings.queue_name) == []
 
 
 async def test_a_cron_job_records_how_its_last_run_ended(make_ctx, make_monitor, redis, settings):
@@ -112,19 +166,25 @@ async def test_a_permanent_failure_is_recorded_as_failed(make_ctx, make_monitor,
 
 
 async def test_redis_errors_never_fail_a_job(make_ctx, make_monitor):
-    """With Redis down, the job still returns its result; the bookkeeping failure is logged."""
+    """With Redis down, jobs still return their results; the bookkeeping failures are logged."""
     monitor = make_monitor(redis_client=BrokenRedis())
 
     @job
     async def export_orders(ctx):
+        await monitor.flush_running()
         return 42
+
+    @job
+    async def update_rollups(ctx):  # a cron job: its start and end are written at once
+        return 43
 
     with capture_logs() as logs:
         assert await export_orders(make_ctx(monitor=monitor)) == 42
+        assert await update_rollups(make_ctx(monitor=monitor, job_id="update_rollups:1")) == 43
         await monitor.heartbeat()
     steps = [line["step"] for line in logs if line["event"] == "monitor.redis_failed"]
-    assert steps == ["job_started", "job_finished", "heartbeat"]
-    assert monitor.done == {"ok": 1}
+    assert steps == ["running", "job_started", "job_finished", "heartbeat"]
+    assert monitor.done == {"ok": 2}
 
 
 async def test_start_beats_and_stop_removes_the_worker(make_monitor, redis, settings):

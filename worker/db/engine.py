@@ -17,8 +17,9 @@ from typing import Any
 
 import orjson
 from sqlalchemy import event, func, select
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from worker.config import Settings
@@ -97,6 +98,26 @@ def job_application_name(base: str, job_name: str) -> str:
     return f"{job_name}@{base}".encode()[:MAX_APPLICATION_NAME].decode(errors="ignore")
 
 
+#: ``Session.info`` key holding the application_name a session's transaction is to carry.
+_TAG = "eventworker_tag"
+
+
+class JobSession(Session):
+    """The sessions :class:`Database` opens: tag their connection when they first take one."""
+
+
+@event.listens_for(JobSession, "after_begin")
+def _tag_transaction(session: Session, _transaction: SessionTransaction, connection: Connection) -> None:
+    """``SET LOCAL application_name`` for the transaction just begun on ``connection``, if one is asked for.
+
+    Runs when the transaction takes its connection (its first statement), so an unused session
+    costs nothing; ``set_config(..., true)`` lasts until the transaction ends.
+    """
+    tag = session.info.get(_TAG)
+    if tag is not None:
+        connection.execute(select(func.set_config("application_name", tag, True)))
+
+
 @dataclass(frozen=True, slots=True)
 class Database:
     """The worker's engine and session factory, with the one way jobs open a transaction."""
@@ -115,7 +136,7 @@ class Database:
         engine = make_engine(settings)
         return cls(
             engine=engine,
-            sessionmaker=async_sessionmaker(engine, expire_on_commit=False),
+            sessionmaker=async_sessionmaker(engine, expire_on_commit=False, sync_session_class=JobSession),
             application_name=settings.connection_name,
             tag_transactions=settings.tag_job_transactions,
         )
@@ -131,7 +152,9 @@ class Database:
     ) -> AsyncIterator[AsyncSession]:
         """A short-lived session in one transaction: committed on success, rolled back on error, closed after.
 
-        On PostgreSQL the connection's application_name names the job for the transaction's duration.
+        The connection is taken from the pool at the first statement, not before (a job that turns
+        out to have nothing to do costs no round trip). On PostgreSQL the connection's
+        application_name then names the job for the transaction's duration.
         ``isolation_level`` (e.g. ``"REPEATABLE READ"``) holds for this transaction only: the pool
         gives the connection its default back afterwards.
         """
@@ -142,12 +165,11 @@ class Database:
                 yield session
             return
         async with self.sessionmaker() as session, session.begin():
+            if job_name and self.tag_transactions and self.dialect == "postgresql":
+                session.sync_session.info[_TAG] = job_application_name(self.application_name, job_name)
             if isolation_level is not None:
                 # Set before the first statement: a transaction's level cannot change once it has queried.
                 await session.connection(execution_options={"isolation_level": isolation_level})
-            if job_name and self.tag_transactions and self.dialect == "postgresql":
-                tag = job_application_name(self.application_name, job_name)
-                await session.execute(select(func.set_config("application_name", tag, True)))
             yield session
 
     async def dispose(self) -> None:
