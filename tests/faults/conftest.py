@@ -17,6 +17,7 @@ dead letters. None may appear.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -29,7 +30,16 @@ from typing import Any
 import pytest
 import redis
 from conftest import PG_URL, pg_database_url
-from faults.harness import PG_PASSWORD, REDIS_PASSWORD, RedisServer, started
+from faults.harness import (
+    PG_PASSWORD,
+    REDIS_PASSWORD,
+    Ledger,
+    RedisServer,
+    Storage,
+    Stream,
+    log_lines,
+    started,
+)
 from sqlalchemy import select
 from support import WorkerProcess, process_env
 
@@ -101,6 +111,34 @@ class FaultReport:
 
     def add(self, row: FaultRow) -> None:
         self.rows.append(row)
+
+    def record(
+        self,
+        fault: str,
+        ledger: Ledger,
+        storage: Storage,
+        *,
+        recovery_s: float | None,
+        note: str,
+        lost: int | None = None,
+    ) -> None:
+        """A row for a fault run: what ``ledger`` says was sent against what ``storage`` found.
+
+        ``lost``: the confirmed events missing, unless the test counts them its own way.
+        """
+        self.add(
+            FaultRow(
+                fault,
+                sent=ledger.inputs,
+                events=ledger.events,
+                stored=storage.stored,
+                duplicated=storage.duplicated,
+                lost=len(storage.lost) if lost is None else lost,
+                dead_letters=f"{storage.dead_letters}/{storage.dead_letters_expected}",
+                recovery_s=recovery_s,
+                note=note,
+            )
+        )
 
     def count_scan(self, what: str, n: int) -> None:
         self.scanned[what] = self.scanned.get(what, 0) + n
@@ -197,8 +235,26 @@ class Rig:
         self.workers.append(process)
         return await started(process)
 
+    async def start_workers(self, count: int, **extra: str) -> list[WorkerProcess]:
+        """:meth:`start_worker` ``count`` times, one after the other."""
+        return [await self.start_worker(**extra) for _ in range(count)]
+
     def producer(self, **options: Any) -> EventProducer:
         return EventProducer(self.redis_url, queue_name=self.queue, **options)
+
+    @contextlib.asynccontextmanager
+    async def stream(self, ledger: Ledger, **options: Any) -> AsyncIterator[Stream]:
+        """A producer of this rig's streaming batches into ``ledger`` for the block (:class:`Stream`)."""
+        async with self.producer() as producer, Stream(producer, ledger, **options) as stream:
+            yield stream
+
+    def log_lines(self, event: str) -> list[dict[str, Any]]:
+        """The JSON log lines ``event`` of every worker this rig started, in the order they started."""
+        return [line for worker in self.workers for line in log_lines(worker.output(), event)]
+
+    def rerun_jobs(self) -> set[str]:
+        """Jobs that stored events on a try after their first: cut off or handed back, then run again."""
+        return {line["job_id"] for line in self.log_lines("ingest.stored") if line["job_try"] > 1}
 
     def db(self) -> Database:
         database = Database.from_settings(load_settings(database_url=self.database_url))

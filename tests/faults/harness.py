@@ -5,8 +5,10 @@
 - :class:`Ledger`: every input a producer handed to Redis, split into valid events (by identity),
   repeats and invalid inputs, so the database can be checked against it exactly.
 - :class:`Stream`: a producer task enqueuing batches until told to stop, noting each confirmed one.
-- :func:`check_storage` / :func:`wait_stored`: the database compared with a ledger.
-- :func:`terminate_backends`, :func:`in_progress`: the faults' own instruments.
+- :func:`check_storage` / :func:`wait_stored` / :func:`stored_exactly_once`: the database compared
+  with a ledger.
+- :func:`terminate_backends`, :func:`events_locked`, :func:`in_progress`, :func:`exit_code`: the
+  faults' own instruments; :class:`Rounds`: how often a test repeats its fault.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,24 @@ class RedisServer:
         self.kill()
         time.sleep(down_for)
         self.start()
+
+
+class Rounds:
+    """The rounds of a fault: at least ``at_least`` of them, and more until ``soak`` seconds have passed.
+
+    Iterating runs them, yielding 0, 1, 2, ...; :attr:`done` counts the rounds begun.
+    """
+
+    def __init__(self, at_least: int, soak: float) -> None:
+        self.at_least = at_least
+        self.soak = soak
+        self.done = 0
+
+    def __iter__(self) -> Iterator[int]:
+        deadline = time.monotonic() + self.soak
+        while self.done < self.at_least or time.monotonic() < deadline:
+            self.done += 1
+            yield self.done - 1
 
 
 def unique_source() -> str:
@@ -282,6 +302,15 @@ async def wait_stored(
         await asyncio.sleep(0.1)
 
 
+async def stored_exactly_once(
+    db: Database, ledger: Ledger, *, within: float, may_lose: Collection[str] = ()
+) -> Storage:
+    """:func:`wait_stored`, then fail unless each event is stored once, as sent, and nothing else."""
+    storage = await wait_stored(db, ledger, within=within, may_lose=may_lose)
+    storage.assert_exactly_once()
+    return storage
+
+
 class Stream:
     """A producer enqueuing batches one after another until :meth:`stop`, noting which Redis confirmed."""
 
@@ -336,6 +365,22 @@ class Stream:
             assert time.monotonic() < deadline, f"only {len(self.ledger.jobs)} of {jobs} batches confirmed"
             await asyncio.sleep(0.02)
 
+    async def more(self, jobs: int, within: float = 30) -> None:
+        """Wait until ``jobs`` more batches than now were confirmed."""
+        await self.confirmed(len(self.ledger.jobs) + jobs, within)
+
+    async def running(self, within: float = 5) -> list[str]:
+        """Jobs of this stream a worker holds right now, waiting up to ``within`` seconds for one.
+
+        A fault injected once this returns something lands while a job runs: mid-batch.
+        """
+        deadline = time.monotonic() + within
+        while True:
+            held = await in_progress(self.producer.redis, self.ledger.jobs)
+            if held or time.monotonic() > deadline:
+                return held
+            await asyncio.sleep(0.005)
+
     async def stop(self) -> None:
         self._stop.set()
         if self._task is not None:
@@ -370,6 +415,18 @@ async def terminate_backends(admin_dsn: str, database: str) -> list[str]:
         await connection.close()
 
 
+@contextlib.asynccontextmanager
+async def events_locked(admin: asyncpg.Connection) -> AsyncIterator[None]:
+    """The events table locked against writes for the block, on ``admin``: inserts wait until it ends."""
+    lock = admin.transaction()
+    await lock.start()
+    try:
+        await admin.execute("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
+        yield
+    finally:
+        await lock.rollback()
+
+
 async def backends(admin_dsn: str, like: str) -> list[tuple[str, str]]:
     """(application_name, state) of connections whose application_name matches ``like``."""
     connection = await asyncpg.connect(admin_dsn)
@@ -390,6 +447,15 @@ async def started(process: WorkerProcess, within: float = 30) -> WorkerProcess:
         assert time.monotonic() < deadline, f"worker did not start:\n{process.output()[-3000:]}"
         await asyncio.sleep(0.05)
     return process
+
+
+async def exit_code(process: WorkerProcess, *, within: float, failure: str, poll: float = 0.1) -> int:
+    """Wait, without blocking the event loop, until a worker exits; ``failure`` after ``within`` s."""
+    deadline = time.monotonic() + within
+    while process.process.poll() is None:
+        assert time.monotonic() < deadline, failure
+        await asyncio.sleep(poll)
+    return process.process.returncode
 
 
 def log_lines(output: str, event: str) -> list[dict[str, Any]]:

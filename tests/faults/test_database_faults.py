@@ -10,17 +10,15 @@ from collections import Counter
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
-from faults.conftest import FaultRow
 from faults.harness import (
     Ledger,
-    Stream,
+    Rounds,
     backends,
-    in_progress,
+    events_locked,
     log_lines,
     pg_dsn,
+    stored_exactly_once,
     terminate_backends,
-    wait_stored,
 )
 
 pytestmark = pytest.mark.faults
@@ -35,47 +33,33 @@ async def test_connections_terminated_mid_load(rig, fault_report, soak):
     ledger = Ledger()
     worker = await rig.start_worker()
     db = rig.db()
-    client = aioredis.from_url(rig.redis_url)
-    rounds, states = 0, Counter()
-    async with rig.producer() as producer, Stream(producer, ledger, batch_size=200, pause=0.1) as stream:
-        deadline = time.monotonic() + soak
-        while rounds < 5 or time.monotonic() < deadline:
-            await stream.confirmed(len(ledger.jobs) + 2)
-            for _ in range(200):  # terminate while a job of ours runs
-                if await in_progress(client, ledger.jobs):
-                    break
-                await asyncio.sleep(0.005)
+    cuts, states = Rounds(5, soak), Counter()
+    async with rig.stream(ledger, batch_size=200, pause=0.1) as stream:
+        for _ in cuts:
+            await stream.more(2)
+            await stream.running(within=1)  # terminate while a job of ours runs
             for _ in range(5):  # a burst, so that some land mid-query and mid-commit
                 states.update(await terminate_backends(rig.admin_dsn, rig.database))
                 await asyncio.sleep(0.02)
             terminated_at = time.monotonic()
-            rounds += 1
             # Bursts further apart than a job's tries (0.1 s back-off, doubling): a connection loss is
             # retried and stored. An outage outlasting the tries is test_database_down_for_longer.
             await asyncio.sleep(1.5)
-        await stream.confirmed(len(ledger.jobs) + 5)  # the producer goes on after the last fault
-    await client.aclose()
-    storage = await wait_stored(db, ledger, within=40)
+        await stream.more(5)  # the producer goes on after the last fault
+    storage = await stored_exactly_once(db, ledger, within=40)
     recovery = time.monotonic() - terminated_at
-    storage.assert_exactly_once()
     assert worker.process.poll() is None, "the worker died"
     retries = log_lines(worker.output(), "job.retry")
     assert {line["reason"] for line in retries} <= {"database_unavailable"}, retries
     if states["active"] or states["idle in transaction"]:
         assert retries, "a query was cut off, yet no job was retried"
-    fault_report.add(
-        FaultRow(
-            f"PostgreSQL connections terminated x{rounds}",
-            sent=ledger.inputs,
-            events=ledger.events,
-            stored=storage.stored,
-            duplicated=storage.duplicated,
-            lost=len(storage.lost),
-            dead_letters=f"{storage.dead_letters}/{storage.dead_letters_expected}",
-            recovery_s=recovery,
-            note=f"{sum(states.values())} connections cut ({states['active']} mid-query);"
-            f" {len(retries)} tries retried as database_unavailable; same worker process throughout",
-        )
+    fault_report.record(
+        f"PostgreSQL connections terminated x{cuts.done}",
+        ledger,
+        storage,
+        recovery_s=recovery,
+        note=f"{sum(states.values())} connections cut ({states['active']} mid-query);"
+        f" {len(retries)} tries retried as database_unavailable; same worker process throughout",
     )
 
 
@@ -103,23 +87,17 @@ async def test_more_concurrent_jobs_than_connections(rig, fault_report, soak):
     admin = await asyncpg.connect(pg_dsn(rig.database))
     started = time.monotonic()
     async with rig.producer() as producer:
-        rounds = 0
-        while rounds < 1 or time.monotonic() - started < soak:
+        for _ in Rounds(1, soak):
             # Two jobs take the pool's two connections and wait on the locked table: the other 18 wait
             # for a connection, longer than the pool timeout.
-            lock = admin.transaction()
-            await lock.start()
-            await admin.execute("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
-            for _ in range(60):
-                batch = ledger.batch(300, invalid=len(ledger.confirmed) % 10 == 0)
-                ledger.confirm(await producer.emit_batch(batch), batch)
-            await asyncio.sleep(1.5)
-            await lock.rollback()
-            rounds += 1
-            storage = await wait_stored(db, ledger, within=90)
+            async with events_locked(admin):
+                for _ in range(60):
+                    batch = ledger.batch(300, invalid=len(ledger.confirmed) % 10 == 0)
+                    ledger.confirm(await producer.emit_batch(batch), batch)
+                await asyncio.sleep(1.5)
+            storage = await stored_exactly_once(db, ledger, within=90)
     await admin.close()
     drained = time.monotonic() - started
-    storage.assert_exactly_once()
     assert worker.process.poll() is None
     retries = log_lines(worker.output(), "job.retry")
     assert retries, "no job ever waited too long for a connection"
@@ -134,19 +112,13 @@ async def test_more_concurrent_jobs_than_connections(rig, fault_report, soak):
     connections = await backends(rig.admin_dsn, f"%{rig.application_name}")
     assert len(connections) <= 2, connections
     assert {state for _, state in connections} <= {"idle"}, connections
-    fault_report.add(
-        FaultRow(
-            "20 concurrent jobs, pool of 2, pool timeout 0.2 s",
-            sent=ledger.inputs,
-            events=ledger.events,
-            stored=storage.stored,
-            duplicated=storage.duplicated,
-            lost=len(storage.lost),
-            dead_letters=f"{storage.dead_letters}/{storage.dead_letters_expected}",
-            recovery_s=drained,
-            note=f"{len(retries)} pool timeouts retried as database_unavailable; no deadlock; afterwards 0"
-            f" checked out, {len(connections)} idle connections",
-        )
+    fault_report.record(
+        "20 concurrent jobs, pool of 2, pool timeout 0.2 s",
+        ledger,
+        storage,
+        recovery_s=drained,
+        note=f"{len(retries)} pool timeouts retried as database_unavailable; no deadlock; afterwards 0"
+        f" checked out, {len(connections)} idle connections",
     )
 
 
@@ -180,30 +152,23 @@ async def test_database_down_for_longer_than_the_tries(rig, fault_report, soak):
     down_for = max(4.0, soak / 4)
     worker = await rig.start_worker(EVENTWORKER_MAX_TRIES="3", EVENTWORKER_RETRY_MAX_DELAY="0.5")
     db = rig.db()
-    async with rig.producer() as producer, Stream(producer, ledger, batch_size=200, pause=0.1) as stream:
+    async with rig.stream(ledger, batch_size=200, pause=0.1) as stream:
         await stream.confirmed(3)
         back_at = await _outage(rig, down_for)
-        await stream.confirmed(len(ledger.jobs) + 3)
-    storage = await wait_stored(db, ledger, within=40)
+        await stream.more(3)
+    storage = await stored_exactly_once(db, ledger, within=40)
     recovery = time.monotonic() - back_at
     assert worker.process.poll() is None
-    storage.assert_exactly_once()
     assert storage.failed_jobs == 0
     waits = [line for line in log_lines(worker.output(), "job.retry") if line.get("try_counted") is False]
     assert waits, "no try met the outage: the test proved nothing"
     most = max(line["database_waits"] for line in waits)
     assert most > 3, f"no job waited past its {3} tries ({most} waits at most): the outage was too short"
-    fault_report.add(
-        FaultRow(
-            f"PostgreSQL refusing connections for {down_for:.0f} s (3 tries, back-off cap 0.5 s)",
-            sent=ledger.inputs,
-            events=ledger.events,
-            stored=storage.stored,
-            duplicated=storage.duplicated,
-            lost=len(storage.lost),
-            dead_letters=f"{storage.dead_letters}/{storage.dead_letters_expected}",
-            recovery_s=recovery,
-            note=f"{len(waits)} tries met no database and were given back (up to {most} per job);"
-            " 0 failed jobs, nothing requeued",
-        )
+    fault_report.record(
+        f"PostgreSQL refusing connections for {down_for:.0f} s (3 tries, back-off cap 0.5 s)",
+        ledger,
+        storage,
+        recovery_s=recovery,
+        note=f"{len(waits)} tries met no database and were given back (up to {most} per job);"
+        " 0 failed jobs, nothing requeued",
     )

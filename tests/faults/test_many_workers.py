@@ -12,8 +12,7 @@ import pytest
 from arq.jobs import Job
 from arq.utils import to_unix_ms
 from arq.worker import Worker
-from faults.conftest import FaultRow
-from faults.harness import Ledger, Stream, log_lines, wait_stored
+from faults.harness import Ledger, Rounds, Stream, stored_exactly_once
 from sqlalchemy import func, select
 
 from worker.config import load_settings
@@ -46,8 +45,7 @@ def _runs(rig, prefix: str) -> Counter[str]:
     """How many times each ``update_rollups`` job whose id starts with ``prefix`` ran, over every worker."""
     return Counter(
         line["job_id"]
-        for worker in rig.workers
-        for line in log_lines(worker.output(), "rollups.updated")
+        for line in rig.log_lines("rollups.updated")
         if str(line.get("job_id", "")).startswith(prefix)
     )
 
@@ -81,24 +79,21 @@ async def _tick_from_every_worker(rig, workers: int) -> str:
 @pytest.mark.parametrize("workers", [2, 3])
 async def test_workers_share_a_queue(rig, fault_report, soak, workers):
     """Overlapping batches and rollup updates spread over several workers: each event and count once."""
-    for _ in range(workers):
-        await rig.start_worker()
+    await rig.start_workers(workers)
     ledger = Ledger()
     db = rig.db()
     started = time.monotonic()
     async with rig.producer() as producer:
         async with Stream(producer, ledger, batch_size=200, pause=0.03, overlap=100) as stream:
-            rounds = 0
-            while rounds < 8 or time.monotonic() - started < soak:
-                await stream.confirmed(len(ledger.jobs) + 3)
+            races = Rounds(8, soak)
+            for race in races:
+                await stream.more(3)
                 # A rollup update racing the ingests, on whichever worker takes it (what cron ticks do).
                 await producer.redis.enqueue_job(
-                    UPDATE, _job_id=f"{UPDATE}:race-{rig.queue}-{rounds}", _queue_name=rig.queue
+                    UPDATE, _job_id=f"{UPDATE}:race-{rig.queue}-{race}", _queue_name=rig.queue
                 )
-                rounds += 1
-        storage = await wait_stored(db, ledger, within=60)
+        storage = await stored_exactly_once(db, ledger, within=60)
         drained = time.monotonic() - started
-        storage.assert_exactly_once()
 
         tick = await _tick_from_every_worker(rig, workers)
         queued = [job.decode() for job in await producer.redis.zrange(rig.queue, 0, -1)]
@@ -111,42 +106,32 @@ async def test_workers_share_a_queue(rig, fault_report, soak, workers):
         assert again is None, "a tick that already ran could be enqueued again"
         await _run_job(producer.redis, rig.queue, f"{UPDATE}:final-{rig.queue}")
     assert _runs(rig, tick) == Counter({tick: 1}), "the cron tick did not run exactly once"
-    assert len(_runs(rig, f"{UPDATE}:race-{rig.queue}-")) == rounds
+    assert len(_runs(rig, f"{UPDATE}:race-{rig.queue}-")) == races.done
     verify = rig.cli("rollups", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert await _rolled_up(db, ledger.source) == storage.stored, "rollups do not count each event once"
-    per_worker = Counter(
-        line["worker_id"] for w in rig.workers for line in log_lines(w.output(), "ingest.stored")
-    )
+    per_worker = Counter(line["worker_id"] for line in rig.log_lines("ingest.stored"))
     assert len(per_worker) == workers, f"not every worker took jobs: {per_worker}"
-    fault_report.add(
-        FaultRow(
-            f"{workers} workers, one queue, overlapping batches",
-            sent=ledger.inputs,
-            events=ledger.events,
-            stored=storage.stored,
-            duplicated=storage.duplicated,
-            lost=len(storage.lost),
-            dead_letters=f"{storage.dead_letters}/{storage.dead_letters_expected}",
-            recovery_s=drained,
-            note=f"{rounds} racing rollup updates, `rollups verify` exit 0, rollups sum = events;"
-            f" one cron tick enqueued by {workers} workers ran once",
-        )
+    fault_report.record(
+        f"{workers} workers, one queue, overlapping batches",
+        ledger,
+        storage,
+        recovery_s=drained,
+        note=f"{races.done} racing rollup updates, `rollups verify` exit 0, rollups sum = events;"
+        f" one cron tick enqueued by {workers} workers ran once",
     )
 
 
 @pytest.mark.soak
 async def test_real_cron_ticks_run_once_with_three_workers(rig, fault_report, soak):
     """Over real minutes, each update_rollups tick runs exactly once across three workers."""
-    for _ in range(3):
-        await rig.start_worker()
+    await rig.start_workers(3)
     ledger = Ledger()
     db = rig.db()
     started = time.monotonic()
-    async with rig.producer() as producer, Stream(producer, ledger, batch_size=100, pause=0.2, overlap=20):
+    async with rig.stream(ledger, batch_size=100, pause=0.2, overlap=20):
         await asyncio.sleep(max(soak, 130))  # at least two ticks (second 5 of each minute)
-    storage = await wait_stored(db, ledger, within=60)
-    storage.assert_exactly_once()
+    storage = await stored_exactly_once(db, ledger, within=60)
     await asyncio.sleep(70)  # one more tick after the last event
     ticks = _runs(rig, f"{UPDATE}:")
     assert len(ticks) >= 2, ticks
@@ -154,16 +139,10 @@ async def test_real_cron_ticks_run_once_with_three_workers(rig, fault_report, so
     verify = rig.cli("rollups", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert await _rolled_up(db, ledger.source) == storage.stored
-    fault_report.add(
-        FaultRow(
-            "3 workers, real cron ticks (soak)",
-            sent=ledger.inputs,
-            events=ledger.events,
-            stored=storage.stored,
-            duplicated=storage.duplicated,
-            lost=len(storage.lost),
-            dead_letters=f"{storage.dead_letters}/{storage.dead_letters_expected}",
-            recovery_s=time.monotonic() - started,
-            note=f"{len(ticks)} cron ticks, each run once; `rollups verify` exit 0",
-        )
+    fault_report.record(
+        "3 workers, real cron ticks (soak)",
+        ledger,
+        storage,
+        recovery_s=time.monotonic() - started,
+        note=f"{len(ticks)} cron ticks, each run once; `rollups verify` exit 0",
     )

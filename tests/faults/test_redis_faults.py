@@ -9,8 +9,7 @@ import asyncio
 import time
 
 import pytest
-from faults.conftest import FaultRow
-from faults.harness import REDIS_PASSWORD, Ledger, Stream, wait_stored
+from faults.harness import REDIS_PASSWORD, Ledger, Rounds, exit_code, stored_exactly_once
 
 from worker.producer import EnqueueError
 
@@ -36,25 +35,22 @@ async def test_redis_restarted_mid_load(rig, fault_report, soak, persistence):
     db = rig.db()
     ledger = Ledger()
     at_risk: set[str] = set()
-    restarts = 0
-    async with rig.producer() as producer, Stream(producer, ledger, batch_size=500, pause=0.02) as stream:
-        deadline = time.monotonic() + soak
-        while restarts < 2 or time.monotonic() < deadline:
-            await stream.confirmed(len(ledger.jobs) + 5)
+    restarts = Rounds(2, soak)
+    async with rig.stream(ledger, batch_size=500, pause=0.02) as stream:
+        for _ in restarts:
+            await stream.more(5)
             at_risk.update(ledger.jobs)
             server.kill()
             await asyncio.sleep(0.5)
             server.start()
             restarted_at = time.monotonic()
-            restarts += 1
-        await stream.confirmed(len(ledger.jobs) + 10)  # the producer goes on after the restart
+        await stream.more(10)  # the producer goes on after the restart
     assert worker.process.poll() is None, f"the worker died:\n{worker.output()[-3000:]}"
     assert not stream.errors, f"the producer gave up during a 0.5 s restart: {stream.errors[:2]}"
 
     may_lose = at_risk if persistence == "none" else set()
-    storage = await wait_stored(db, ledger, within=40, may_lose=may_lose)
+    storage = await stored_exactly_once(db, ledger, within=40, may_lose=may_lose)
     recovery = time.monotonic() - restarted_at
-    storage.assert_exactly_once()
     kind = "AOF, fsync always" if persistence == "aof" else "no persistence"
     if persistence == "aof":
         assert storage.stored == ledger.events
@@ -64,18 +60,13 @@ async def test_redis_restarted_mid_load(rig, fault_report, soak, persistence):
             "lost = jobs queued in Redis when it died (no persistence); all later ones stored;"
             " worker and producer reconnected by themselves"
         )
-    fault_report.add(
-        FaultRow(
-            f"Redis SIGKILLed and restarted x{restarts} ({kind})",
-            sent=ledger.inputs,
-            events=ledger.events,
-            stored=storage.stored,
-            duplicated=storage.duplicated,
-            lost=ledger.events - storage.stored,
-            dead_letters=f"{storage.dead_letters}/{storage.dead_letters_expected}",
-            recovery_s=recovery,
-            note=note,
-        )
+    fault_report.record(
+        f"Redis SIGKILLed and restarted x{restarts.done} ({kind})",
+        ledger,
+        storage,
+        recovery_s=recovery,
+        note=note,
+        lost=ledger.events - storage.stored,  # with no persistence, the jobs Redis lost count too
     )
 
 
@@ -93,7 +84,7 @@ async def test_redis_down_for_good(rig, fault_report):
     async with rig.producer(retries=2, retry_delay=0.05) as producer:
         batch = ledger.batch(100)
         ledger.confirm(await producer.emit_batch(batch), batch)
-        (await wait_stored(db, ledger, within=20)).assert_exactly_once()  # no persistence: before the kill
+        await stored_exactly_once(db, ledger, within=20)  # no persistence: before the kill
         server.kill()
         started = time.monotonic()
         batch = ledger.batch(100, invalid=True)
@@ -115,11 +106,8 @@ async def test_redis_down_for_good(rig, fault_report):
         )
         assert REDIS_PASSWORD not in command.stderr
 
-        deadline = time.monotonic() + 30  # the worker with a 1 s window gives up and exits
-        while impatient.process.poll() is None:
-            assert time.monotonic() < deadline, "a worker without Redis did not exit"
-            await asyncio.sleep(0.1)
-        assert impatient.process.returncode != 0
+        # The worker with a 1 s window gives up and exits.
+        assert await exit_code(impatient, within=30, failure="a worker without Redis did not exit") != 0
         assert patient.process.poll() is None, "the worker with the default 30 s window gave up"
 
         server.start()
@@ -127,20 +115,13 @@ async def test_redis_down_for_good(rig, fault_report):
         assert again == error.job_id
         assert await producer.emit_batch(batch, job_id=error.job_id) == error.job_id  # and idempotent
         ledger.confirm(again, batch)
-    storage = await wait_stored(db, ledger, within=30)
-    storage.assert_exactly_once()
+    storage = await stored_exactly_once(db, ledger, within=30)
     assert patient.process.poll() is None
-    fault_report.add(
-        FaultRow(
-            "Redis down for good, then back",
-            sent=ledger.inputs,
-            events=ledger.events,
-            stored=storage.stored,
-            duplicated=storage.duplicated,
-            lost=len(storage.lost),
-            dead_letters=f"{storage.dead_letters}/{storage.dead_letters_expected}",
-            recovery_s=None,
-            note=f"EnqueueError after {gave_up_after:.1f} s (3 tries), re-sent under its job id: stored once;"
-            " a worker with a 1 s retry window exited non-zero, the default one (30 s) waited",
-        )
+    fault_report.record(
+        "Redis down for good, then back",
+        ledger,
+        storage,
+        recovery_s=None,
+        note=f"EnqueueError after {gave_up_after:.1f} s (3 tries), re-sent under its job id: stored once;"
+        " a worker with a 1 s retry window exited non-zero, the default one (30 s) waited",
     )

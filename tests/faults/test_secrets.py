@@ -12,8 +12,7 @@ import asyncio
 import time
 
 import pytest
-from faults.conftest import FaultRow
-from faults.harness import Ledger, free_port, terminate_backends, wait_stored
+from faults.harness import Ledger, exit_code, free_port, terminate_backends, wait_stored
 from support import WorkerProcess, put_raw_job
 
 from worker.config import load_settings
@@ -22,14 +21,6 @@ pytestmark = pytest.mark.faults
 
 WRONG_REDIS_PASSWORD = "wrongRedis-pw-5c1"
 DB_PASSWORD_ON_A_MISSING_DATABASE = "missingDb-pw-0b7"
-
-
-async def _exits(process: WorkerProcess, within: float = 60) -> int:
-    deadline = time.monotonic() + within
-    while process.process.poll() is None:
-        assert time.monotonic() < deadline, "the worker did not give up"
-        await asyncio.sleep(0.1)
-    return process.process.returncode
 
 
 async def test_passwords_never_leak(rig, fault_report):
@@ -51,7 +42,7 @@ async def test_passwords_never_leak(rig, fault_report):
     ]
     rig.workers += refused
     for process in refused:
-        assert await _exits(process) != 0
+        assert await exit_code(process, within=60, failure="the worker did not give up") != 0
 
     # A working worker: a dead letter, a failed job, retries after dropped connections.
     worker = await rig.start_worker(EVENTWORKER_MAX_TRIES="2")
@@ -89,17 +80,11 @@ async def test_passwords_never_leak(rig, fault_report):
     rig.cli("status", REDIS_URL=nobody)
     assert rig.cli("failed", "list", DATABASE_URL=missing_db).returncode == 1
     assert worker.process.poll() is None
-    fault_report.add(
-        FaultRow(
-            "passwords in URLs (real Redis password)",
-            sent=ledger.inputs,
-            events=ledger.events,
-            stored=storage.stored,
-            duplicated=storage.duplicated,
-            lost=len(storage.lost),
-            dead_letters=f"{storage.dead_letters}/{storage.dead_letters_expected}",
-            recovery_s=None,
-            note=f"{len(rig.outputs)} command outputs and {len(rig.workers)} worker logs (2 refused to start)"
-            " scanned with Redis values and stored rows: no password anywhere",
-        )
+    fault_report.record(
+        "passwords in URLs (real Redis password)",
+        ledger,
+        storage,
+        recovery_s=None,
+        note=f"{len(rig.outputs)} command outputs and {len(rig.workers)} worker logs (2 refused to start)"
+        " scanned with Redis values and stored rows: no password anywhere",
     )

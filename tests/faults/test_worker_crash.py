@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
-from faults.conftest import FaultRow
-from faults.harness import Ledger, Stream, backends, in_progress, log_lines, pg_dsn, wait_stored
+from faults.harness import Ledger, Rounds, backends, events_locked, exit_code, pg_dsn, stored_exactly_once
 
 pytestmark = pytest.mark.faults
 
@@ -20,73 +19,35 @@ JOB_TIMEOUT = 3
 LOCK_S = JOB_TIMEOUT + 15
 
 
-async def _running(client: aioredis.Redis, ledger: Ledger, within: float = 5) -> list[str]:
-    """Jobs of ours a worker holds right now, waiting up to ``within`` seconds for one."""
-    deadline = time.monotonic() + within
-    while True:
-        held = await in_progress(client, ledger.jobs)
-        if held or time.monotonic() > deadline:
-            return held
-        await asyncio.sleep(0.005)
-
-
-async def _just_started(client: aioredis.Redis, ledger: Ledger, within: float = 10) -> list[str]:
-    """Wait for a job of ours to start (its lock appears), so that a signal now lands early in it."""
-    before = set(await in_progress(client, ledger.jobs))
-    deadline = time.monotonic() + within
-    while True:
-        held = await in_progress(client, ledger.jobs)
-        if set(held) - before or time.monotonic() > deadline:
-            return held
-        before &= set(held)
-        await asyncio.sleep(0.002)
-
-
 async def test_sigkill_mid_batch_while_a_producer_streams(rig, fault_report, soak):
     """SIGKILL, again and again, while jobs run: after recovery each event sent is stored once, as sent."""
     ledger = Ledger()
     env = {"EVENTWORKER_JOB_TIMEOUT": str(JOB_TIMEOUT), "EVENTWORKER_MAX_JOBS": "4"}
     worker = await rig.start_worker(**env)
     db = rig.db()
-    client = aioredis.from_url(rig.redis_url)
-    kills, cut_off = 0, set()
-    async with rig.producer() as producer, Stream(producer, ledger, batch_size=200, pause=0.05) as stream:
-        deadline = time.monotonic() + soak
-        while kills < 3 or time.monotonic() < deadline:
-            await stream.confirmed(len(ledger.jobs) + 3)
-            cut_off.update(await _running(client, ledger))  # kill while a job of ours runs: mid-batch
+    kills, cut_off = Rounds(3, soak), set()
+    async with rig.stream(ledger, batch_size=200, pause=0.05) as stream:
+        for _ in kills:
+            await stream.more(3)
+            cut_off.update(await stream.running())  # kill while a job of ours runs: mid-batch
             worker.process.send_signal(signal.SIGKILL)
             worker.process.wait(10)
             killed_at = time.monotonic()
-            kills += 1
             worker = await rig.start_worker(**env)
-        await stream.confirmed(len(ledger.jobs) + 10)  # the stream goes on into the recovery
-    await client.aclose()
+        await stream.more(10)  # the stream goes on into the recovery
     assert cut_off, "no kill landed while a job ran"
 
-    storage = await wait_stored(db, ledger, within=LOCK_S + 40)
+    storage = await stored_exactly_once(db, ledger, within=LOCK_S + 40)
     recovery = time.monotonic() - killed_at
-    storage.assert_exactly_once()
     assert storage.stored == ledger.events
-    rerun = {
-        line["job_id"]
-        for w in rig.workers
-        for line in log_lines(w.output(), "ingest.stored")
-        if line["job_try"] > 1
-    }
+    rerun = rig.rerun_jobs()
     assert rerun, "no job cut off by a kill was run again"
-    fault_report.add(
-        FaultRow(
-            f"worker SIGKILLed mid-batch x{kills} (job timeout {JOB_TIMEOUT} s)",
-            sent=ledger.inputs,
-            events=ledger.events,
-            stored=storage.stored,
-            duplicated=storage.duplicated,
-            lost=len(storage.lost),
-            dead_letters=f"{storage.dead_letters}/{storage.dead_letters_expected}",
-            recovery_s=recovery,
-            note=f"{len(rerun)} jobs cut off and run again once arq's lock expired ({LOCK_S} s)",
-        )
+    fault_report.record(
+        f"worker SIGKILLed mid-batch x{kills.done} (job timeout {JOB_TIMEOUT} s)",
+        ledger,
+        storage,
+        recovery_s=recovery,
+        note=f"{len(rerun)} jobs cut off and run again once arq's lock expired ({LOCK_S} s)",
     )
 
 
@@ -100,59 +61,39 @@ async def test_sigterm_finishes_or_hands_back_jobs_and_leaves_no_connection(rig,
     grace = 10.0
     ledger = Ledger()
     db = rig.db()
-    client = aioredis.from_url(rig.redis_url)
     admin = await asyncpg.connect(pg_dsn(rig.database))
-    stops, slowest = 0, 0.0
-    async with rig.producer() as producer, Stream(producer, ledger, batch_size=200, pause=0.1) as stream:
-        deadline = time.monotonic() + soak
-        while stops < 2 or time.monotonic() < deadline:
-            stuck = stops % 2 == 1
+    stops, slowest = Rounds(2, soak), 0.0
+    async with rig.stream(ledger, batch_size=200, pause=0.1) as stream:
+        for stop in stops:
+            stuck = stop % 2 == 1
             worker = await rig.start_worker(**({"EVENTWORKER_SHUTDOWN_WAIT": "0.3"} if stuck else {}))
-            await stream.confirmed(len(ledger.jobs) + 3)
-            lock = admin.transaction()
-            if stuck:
-                await lock.start()
-                await admin.execute("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")  # inserts wait
-                await asyncio.sleep(0.3)
-            await _running(client, ledger)
-            started = time.monotonic()
-            worker.process.send_signal(signal.SIGTERM)
-            while worker.process.poll() is None:
-                assert time.monotonic() - started < grace, "the worker did not stop within the grace period"
-                await asyncio.sleep(0.02)
-            slowest = max(slowest, time.monotonic() - started)
-            stops += 1
-            assert worker.process.returncode == 0, worker.output()[-3000:]
-            assert await backends(rig.admin_dsn, f"%{rig.application_name}") == []
-            if stuck:
-                await lock.rollback()
+            await stream.more(3)
+            async with events_locked(admin) if stuck else contextlib.nullcontext():  # inserts wait
+                if stuck:
+                    await asyncio.sleep(0.3)
+                await stream.running()
+                started = time.monotonic()
+                worker.process.send_signal(signal.SIGTERM)
+                code = await exit_code(
+                    worker, within=grace, poll=0.02, failure="the worker did not stop within the grace period"
+                )
+                slowest = max(slowest, time.monotonic() - started)
+                assert code == 0, worker.output()[-3000:]
+                assert await backends(rig.admin_dsn, f"%{rig.application_name}") == []
     stopped_at = time.monotonic()
     await admin.close()
     await rig.start_worker()
     # Within less than arq's lock (default job timeout: 75 s): a job cut off without being handed back
     # would still be locked.
-    storage = await wait_stored(db, ledger, within=40)
-    await client.aclose()
+    storage = await stored_exactly_once(db, ledger, within=40)
     recovery = time.monotonic() - stopped_at
-    storage.assert_exactly_once()
-    handed_back = {
-        line["job_id"]
-        for w in rig.workers
-        for line in log_lines(w.output(), "ingest.stored")
-        if line["job_try"] > 1
-    }
+    handed_back = rig.rerun_jobs()
     assert handed_back, "no job stuck on the database was handed back"
-    fault_report.add(
-        FaultRow(
-            f"SIGTERM mid-load x{stops}",
-            sent=ledger.inputs,
-            events=ledger.events,
-            stored=storage.stored,
-            duplicated=storage.duplicated,
-            lost=len(storage.lost),
-            dead_letters=f"{storage.dead_letters}/{storage.dead_letters_expected}",
-            recovery_s=recovery,
-            note=f"exit 0 within {slowest:.1f} s, no connection left; {len(handed_back)} jobs stuck on a"
-            " locked table handed back and run again at once, the others finished",
-        )
+    fault_report.record(
+        f"SIGTERM mid-load x{stops.done}",
+        ledger,
+        storage,
+        recovery_s=recovery,
+        note=f"exit 0 within {slowest:.1f} s, no connection left; {len(handed_back)} jobs stuck on a"
+        " locked table handed back and run again at once, the others finished",
     )
