@@ -2,7 +2,9 @@
 
 No database and no event loop here. ``worker.db.history`` turns an :class:`ExportFilter`
 into SQL and streams rows in :data:`EXPORT_COLUMNS` order; ``jobs.export`` feeds those
-rows through :func:`encode_chunk` into an :class:`AtomicWriter`.
+rows through :func:`encode_chunk` into an :class:`AtomicWriter`. On PostgreSQL through
+asyncpg, ``worker.db.export_copy`` has the server write the NDJSON lines instead, and
+:class:`CopyLines` passes them on (counting them, rendering the few the server could not).
 
 Formats:
 
@@ -24,7 +26,7 @@ import gzip
 import io
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -33,6 +35,8 @@ from types import TracebackType
 from typing import Any
 
 import orjson
+
+from worker.serialization import OutOfRangeNumber
 
 #: The columns an export reads, in the order ``worker.db.history`` selects them.
 #: ``data`` is the stored JSON as text, so that it is copied out without being parsed.
@@ -153,9 +157,94 @@ def cloudevent(row: Sequence[Any]) -> dict[str, Any]:
     return event
 
 
+def _as_json_text(value: Any) -> Any:
+    """``value`` as its JSON text if orjson refuses it: an integer beyond 64 bits, or a number
+    no float holds (both valid JSON, decoded exactly by :func:`worker.serialization.deserialize`)."""
+    if type(value) is int:
+        return orjson.Fragment(str(value))
+    if isinstance(value, OutOfRangeNumber):
+        return orjson.Fragment(value.text)
+    return value
+
+
+def _dumps(value: dict[str, Any], option: int | None = None) -> bytes:
+    """orjson's bytes for a flat object whose values may include numbers orjson refuses."""
+    try:
+        return orjson.dumps(value, option=option)
+    except TypeError:  # orjson.JSONEncodeError; rare, so the values are looked at only then
+        return orjson.dumps({name: _as_json_text(item) for name, item in value.items()}, option=option)
+
+
 def ndjson_lines(rows: Iterable[Sequence[Any]]) -> bytes:
     """One JSON line per row, each ending in a newline."""
-    return b"".join(orjson.dumps(cloudevent(row), option=_ORJSON_OPTIONS) for row in rows)
+    return b"".join(_dumps(cloudevent(row), _ORJSON_OPTIONS) for row in rows)
+
+
+def row_from_array(line: bytes, loads: Callable[[str], Any]) -> tuple[Any, ...]:
+    """A row in :data:`EXPORT_COLUMNS` order from its JSON array (``worker.db.export_copy.ROW_ARRAY``).
+
+    Times come as RFC 3339 text; ``extensions`` as JSON text, read with ``loads``, which is
+    to be how the database layer reads the column; ``data`` stays JSON text.
+    """
+    values = orjson.loads(line)
+    for index in _TIME_INDEXES:
+        if values[index] is not None:
+            values[index] = datetime.fromisoformat(values[index])
+    if values[_EXTENSIONS_INDEX] is not None:
+        values[_EXTENSIONS_INDEX] = loads(values[_EXTENSIONS_INDEX])
+    return tuple(values)
+
+
+_TIME_INDEXES = (EXPORT_COLUMNS.index("time"), EXPORT_COLUMNS.index("received_at"))
+_EXTENSIONS_INDEX = EXPORT_COLUMNS.index("extensions")
+
+
+class CopyLines:
+    """The NDJSON file's bytes from the output of ``worker.db.export_copy.copy_ndjson``.
+
+    :meth:`feed` takes the bytes as they arrive, cut anywhere, and returns the complete
+    lines among them (an incomplete last line waits for the next call), counted in
+    :attr:`rows`. A line that is a JSON array rather than an object is a row the server
+    could not render exactly (see ``worker.db.export_copy``): it is rendered here with
+    :func:`ndjson_lines`, its extensions read with ``loads`` (the database layer's JSON
+    decoder). The search for one is a single scan per call, so the bytes of ordinary rows
+    pass through untouched.
+    """
+
+    def __init__(self, loads: Callable[[str], Any]) -> None:
+        self._loads = loads
+        self.rows = 0
+        self._partial = b""
+        self._last_line = b""
+
+    def feed(self, data: bytes) -> bytes:
+        """The complete lines in ``self``'s leftover and ``data``, each ending in a newline."""
+        end = data.rfind(b"\n") + 1
+        if end == 0:
+            self._partial += data
+            return b""
+        lines = self._partial + data[:end] if self._partial else data[:end]
+        self._partial = data[end:]
+        self.rows += lines.count(b"\n")
+        if lines.startswith(b"[") or b"\n[" in lines:
+            lines = b"".join(
+                ndjson_lines([row_from_array(line, self._loads)]) if line.startswith(b"[") else line + b"\n"
+                for line in lines[:-1].split(b"\n")
+            )
+        self._last_line = lines[lines.rfind(b"\n", 0, -1) + 1 :]
+        return lines
+
+    def finish(self) -> None:
+        """Check that the output ended with a whole line."""
+        if self._partial:
+            raise ValueError(
+                f"COPY output ended inside a line ({len(self._partial)} bytes after the last newline)"
+            )
+
+    @property
+    def last_seq(self) -> int | None:
+        """The ``ewseq`` of the last line so far (the highest ``seq``: lines come in ``seq`` order)."""
+        return int(orjson.loads(self._last_line)[SEQ_ATTRIBUTE]) if self._last_line else None
 
 
 def _csv_cell(name: str, value: Any) -> Any:
@@ -166,7 +255,7 @@ def _csv_cell(name: str, value: Any) -> Any:
     if name == "data":
         return value if _has_data(value) else ""
     if name == "extensions":
-        return orjson.dumps(value).decode() if value else ""
+        return _dumps(value).decode() if value else ""
     return value
 
 

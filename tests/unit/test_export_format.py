@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from worker.export import (
     CSV_HEADER,
     EXPORT_COLUMNS,
     AtomicWriter,
+    CopyLines,
     ExportFilter,
     ExportFormat,
     ExportProgress,
@@ -27,6 +29,7 @@ from worker.export import (
     parse_time,
     resolve_under,
     rfc3339,
+    row_from_array,
     wants_gzip,
 )
 
@@ -54,6 +57,11 @@ def row(**values: Any) -> tuple[Any, ...]:
     unknown = set(values) - set(defaults)
     assert not unknown, unknown
     return tuple({**defaults, **values}[name] for name in EXPORT_COLUMNS)
+
+
+def _values(cells: tuple[Any, ...]) -> dict[str, Any]:
+    """The keyword arguments :func:`row` takes to make ``cells`` again."""
+    return dict(zip(EXPORT_COLUMNS, cells, strict=True))
 
 
 BASE = {"specversion": "1.0", "id": "evt-1", "source": "/shop", "type": "com.example.order"}
@@ -380,3 +388,61 @@ def test_atomic_writer_needs_an_existing_directory(tmp_path):
     """A missing directory fails at once, before anything is written."""
     with pytest.raises(FileNotFoundError):
         AtomicWriter(tmp_path / "missing" / "out.ndjson")
+
+
+def test_integers_beyond_64_bits_are_written_digit_for_digit():
+    """An extension integer orjson refuses (kept exact by the database layer's decoder) still exports."""
+    line = ndjson_lines([row(extensions={"big": 2**70, "small": -(2**64), "n": 1, "s": "x"})])
+    assert line.startswith(b'{"specversion":"1.0"')
+    assert b',"big":1180591620717411303424,"small":-18446744073709551616,"n":1,"s":"x",' in line
+    assert csv_rows([row(extensions={"big": 2**70})]).count(b'"{""big"":1180591620717411303424}"') == 1
+
+
+def _array(**values: Any) -> bytes:
+    """A row as the COPY path's JSON array: times as text, extensions as JSON text."""
+    cells = list(row(**values))
+    for index in (EXPORT_COLUMNS.index("time"), EXPORT_COLUMNS.index("received_at")):
+        cells[index] = rfc3339(cells[index]) if cells[index] is not None else None
+    extensions = EXPORT_COLUMNS.index("extensions")
+    cells[extensions] = json.dumps(cells[extensions]) if cells[extensions] is not None else None
+    return orjson.dumps(cells)
+
+
+ROWS = [
+    row(),
+    row(seq=8, extensions={"price": 1.1}, time=None),
+    row(seq=9, data=None, data_base64="aGk="),
+    row(seq=10, extensions={"ewseq": "x", "huge": 2**70}, subject="s"),
+]
+#: COPY output for ROWS: the server's lines for rows 1 and 3, arrays for rows 2 and 4.
+COPIED = ndjson_lines(ROWS[:1]) + _array(**_values(ROWS[1])) + b"\n" + ndjson_lines(ROWS[2:3])
+COPIED += _array(**_values(ROWS[3])) + b"\n"
+
+
+@pytest.mark.parametrize("cut", [1, 2, 7, 50, 10_000])
+def test_copy_lines_pass_lines_on_and_render_arrays_wherever_the_bytes_are_cut(cut):
+    """COPY output cut anywhere gives the generic path's bytes, the row count and the last seq."""
+    lines = CopyLines(json.loads)
+    out = [lines.feed(COPIED[start : start + cut]) for start in range(0, len(COPIED), cut)]
+    lines.finish()
+    assert b"".join(out) == ndjson_lines(ROWS)
+    assert all(part.endswith(b"\n") for part in out if part), "only whole lines come out"
+    assert (lines.rows, lines.last_seq) == (4, 10)
+
+
+def test_copy_lines_count_only_whole_lines_and_refuse_a_cut_last_line():
+    """Bytes after the last newline wait; output ending inside a line is an error."""
+    lines = CopyLines(json.loads)
+    assert (lines.feed(b""), lines.rows, lines.last_seq) == (b"", 0, None)
+    assert lines.feed(COPIED[:10]) == b""
+    with pytest.raises(ValueError, match="ended inside a line"):
+        lines.finish()
+
+
+def test_row_from_array_reads_extensions_with_the_given_decoder():
+    """The array's extensions are decoded by the function given (the engine's JSON decoder)."""
+    array = _array(**_values(ROWS[3]))
+    assert row_from_array(array, json.loads) == ROWS[3]
+    assert row_from_array(array, lambda text: {"decoded": text})[EXPORT_COLUMNS.index("extensions")] == {
+        "decoded": '{"ewseq": "x", "huge": 1180591620717411303424}'
+    }

@@ -90,7 +90,8 @@ async def _with_database(settings: Settings, work: Callable[[Database], Awaitabl
 @click.option(
     "--chunk-size",
     type=click.IntRange(min=1),
-    help="Rows per round trip [default: EVENTWORKER_EXPORT_CHUNK_SIZE].",
+    help="Rows per round trip, or per write when PostgreSQL writes the lines"
+    " [default: EVENTWORKER_EXPORT_CHUNK_SIZE].",
 )
 def export_command(
     path: Path,

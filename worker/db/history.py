@@ -18,7 +18,8 @@ All SQL for exports and retention lives here, dialect differences included:
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, cast
 
@@ -32,6 +33,7 @@ from sqlalchemy import (
     Text,
     delete,
     func,
+    literal,
     select,
     type_coerce,
 )
@@ -86,6 +88,22 @@ def event_time() -> ColumnElement[datetime]:
     return func.coalesce(EVENTS.c.time, EVENTS.c.received_at, type_=UtcDateTime())
 
 
+def export_conditions(query: ExportFilter) -> list[ColumnElement[bool]]:
+    """The ``WHERE`` conditions selecting the events matching ``query`` (every export path shares them)."""
+    conditions: list[ColumnElement[bool]] = []
+    if query.since is not None:
+        conditions.append(event_time() >= query.since)
+    if query.until is not None:
+        conditions.append(event_time() < query.until)
+    if query.received_before is not None:
+        conditions.append(EVENTS.c.received_at < query.received_before)
+    for name in ("type", "source", "subject"):
+        value = getattr(query, name)
+        if value is not None:
+            conditions.append(EVENTS.c[name] == value)
+    return conditions
+
+
 def select_events(query: ExportFilter, driver: str | None = None) -> Select[Any]:
     """The events matching ``query``, in :data:`~worker.export.EXPORT_COLUMNS` order, by ``seq``.
 
@@ -93,28 +111,19 @@ def select_events(query: ExportFilter, driver: str | None = None) -> Select[Any]
     """
     columns = _export_columns(driver)
     statement = select(*(columns[name] for name in EXPORT_COLUMNS)).order_by(EVENTS.c.seq)
-    if query.since is not None:
-        statement = statement.where(event_time() >= query.since)
-    if query.until is not None:
-        statement = statement.where(event_time() < query.until)
-    if query.received_before is not None:
-        statement = statement.where(EVENTS.c.received_at < query.received_before)
-    for name in ("type", "source", "subject"):
-        value = getattr(query, name)
-        if value is not None:
-            statement = statement.where(EVENTS.c[name] == value)
-    return statement
+    return statement.where(*export_conditions(query))
 
 
-async def stream_events(
-    engine: AsyncEngine, query: ExportFilter, chunk_size: int, *, application_name: str | None = None
-) -> AsyncGenerator[Sequence[Row[Any]]]:
-    """Yield the events matching ``query`` in chunks of at most ``chunk_size`` rows, by ``seq``.
+@asynccontextmanager
+async def snapshot(
+    engine: AsyncEngine, *, application_name: str | None = None
+) -> AsyncIterator[AsyncConnection]:
+    """A connection in a transaction that reads one snapshot (see :data:`_SNAPSHOT_ISOLATION`), begun.
 
-    One connection, one transaction, one snapshot, from the first chunk to the last;
-    the connection goes back to the pool when the generator ends or is closed, so
-    callers wrap it in :func:`contextlib.aclosing`. ``application_name`` tags the
-    connection on PostgreSQL for the transaction's duration.
+    ``application_name`` tags the connection on PostgreSQL for the transaction's duration.
+    On PostgreSQL the transaction is already open on the server when this yields (the
+    drivers begin lazily, at the first statement), so that a statement sent straight
+    through the driver connection (:mod:`worker.db.export_copy`) runs inside it.
     """
     dialect = engine.dialect.name
     async with engine.connect() as connection:
@@ -122,20 +131,38 @@ async def stream_events(
         if isolation is not None:
             connection = await connection.execution_options(isolation_level=isolation)
         async with connection.begin():
-            if application_name and dialect == "postgresql":
-                await connection.execute(select(func.set_config("application_name", application_name, True)))
-            if engine.dialect.driver in _PAGED_DRIVERS:
-                async for page in _pages(connection, query, chunk_size):
-                    yield page
-                return
-            statement = select_events(query, engine.dialect.driver).execution_options(yield_per=chunk_size)
-            result = await connection.stream(statement)
-            try:
-                async for chunk in result.partitions():
-                    yield chunk
-            finally:
-                # Closes the server-side cursor also when the consumer stops early (error, cancellation).
-                await result.close()
+            if dialect == "postgresql":
+                await connection.execute(
+                    select(func.set_config("application_name", application_name, True))
+                    if application_name
+                    else select(literal(1))
+                )
+            yield connection
+
+
+async def stream_events(
+    engine: AsyncEngine, query: ExportFilter, chunk_size: int, *, application_name: str | None = None
+) -> AsyncGenerator[Sequence[Row[Any]]]:
+    """Yield the events matching ``query`` in chunks of at most ``chunk_size`` rows, by ``seq``.
+
+    One connection, one transaction, one snapshot (:func:`snapshot`), from the first chunk
+    to the last; the connection goes back to the pool when the generator ends or is
+    closed, so callers wrap it in :func:`contextlib.aclosing`. ``application_name`` tags
+    the connection on PostgreSQL for the transaction's duration.
+    """
+    async with snapshot(engine, application_name=application_name) as connection:
+        if engine.dialect.driver in _PAGED_DRIVERS:
+            async for page in _pages(connection, query, chunk_size):
+                yield page
+            return
+        statement = select_events(query, engine.dialect.driver).execution_options(yield_per=chunk_size)
+        result = await connection.stream(statement)
+        try:
+            async for chunk in result.partitions():
+                yield chunk
+        finally:
+            # Closes the server-side cursor also when the consumer stops early (error, cancellation).
+            await result.close()
 
 
 async def _pages(
