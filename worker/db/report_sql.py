@@ -12,8 +12,9 @@ another in one session or each in its own session at the same time:
 - :func:`dead_letters_by_reason`.
 
 The dialect differences stay here: how to count several groupings at once
-(:func:`window_counts`), how to subtract two timestamps into seconds (:func:`lag_seconds`)
-and how to keep a transaction off PostgreSQL's parallel workers (:func:`without_parallel_workers`).
+(:func:`window_counts`), how to subtract two timestamps into seconds (:func:`lag_seconds`),
+how to fetch many values at once (:func:`_floats`) and how to keep a transaction off
+PostgreSQL's parallel workers (:func:`without_parallel_workers`).
 """
 
 from __future__ import annotations
@@ -255,8 +256,22 @@ async def lag_sample(
     if population == 0:
         return LagSample(values=[], events=0)
     step = math.ceil(population / size)
-    statement = select(lag_seconds(_dialect(session))).where(in_window).limit(size)
+    statement = select(lag_seconds(_dialect(session)).label("lag")).where(in_window).limit(size)
     if step > 1:
         statement = statement.where(Event.seq % step == 0)
-    values = [float(lag) for lag in await session.scalars(statement)]
-    return LagSample(values=values, events=population)
+    return LagSample(values=await _floats(session, statement), events=population)
+
+
+async def _floats(session: AsyncSession, statement: Select[Any]) -> list[float]:
+    """The values of ``statement``'s one column ``lag``.
+
+    On PostgreSQL as one array (``array_agg``), which the driver decodes in one go: a result
+    row per value costs more, through SQLAlchemy, than the query's own work on the sample
+    (bench/README.md, "Report fan-out").
+    """
+    if _dialect(session) == "postgresql":
+        rows = statement.subquery()
+        values = await session.scalar(select(func.array_agg(rows.c.lag))) or []
+    else:
+        values = list(await session.scalars(statement))
+    return [float(value) for value in values]
