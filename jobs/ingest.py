@@ -46,7 +46,11 @@ async def ingest_events(ctx: WorkerContext, events: Any) -> IngestResult:
     async with ctx["db"].transaction(INGEST_JOB) as session:
         inserted = await statements.insert_events(session, rows)
         await statements.insert_dead_letters(session, dead)
-        runs = await handler_sql.create_handler_runs(session, rows, handlers_by_type, now) if inserted else 0
+        runs = (
+            await handler_sql.create_handler_runs(session, rows, handlers_by_type, now)
+            if inserted and handlers_by_type
+            else 0
+        )
     if runs:
         await enqueue_run_handlers(ctx["redis"], ctx["settings"].queue_name)
     result = IngestResult(

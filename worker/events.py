@@ -319,8 +319,7 @@ def _screen(value: Any, max_event_bytes: int, decoded: bool) -> bool:
     refuses lone surrogates, non-string keys and (with :data:`_PLAIN_JSON`) non-JSON types;
     a NUL anywhere shows as ``\\u0000`` in its output. A value ``decoded`` from JSON holds
     nothing else; any other must read back from that output as itself (no tuples, UUIDs,
-    enums or NaN), which is all ``data: JsonValue`` checks. A time must have a colon: no
-    number does, so the fast path never reads one as a Unix timestamp.
+    enums or NaN), which is all ``data: JsonValue`` checks. The rest is :func:`_screen_shape`.
     """
     if type(value) is not dict:
         return False
@@ -328,17 +327,49 @@ def _screen(value: Any, max_event_bytes: int, decoded: bool) -> bool:
         raw = orjson.dumps(value, option=_PLAIN_JSON)
     except (TypeError, orjson.JSONEncodeError):
         return False
-    if len(raw) > max_event_bytes or b"\\u0000" in raw:
+    if len(raw) > max_event_bytes or b"\\u0000" in raw or not _screen_shape(value):
         return False
+    return decoded or bool(orjson.loads(raw) == value)
+
+
+#: Years whose times may leave the datetime range once converted to UTC: the slow path checks them.
+_EDGE_YEARS = frozenset({"0001", "9999"})
+
+
+def _screen_shape(value: dict[str, Any]) -> bool:
+    """The checks of :func:`_screen` that need no encoding, for an object with string keys.
+
+    A time must have a colon: no number does, so the fast path never reads one as a Unix
+    timestamp. Extension names and values are looked at only when the event has any.
+    """
     when = value.get("time")
-    if when is not None and (type(when) is not str or ":" not in when or when[:4] in {"0001", "9999"}):
-        return False  # years 1 and 9999 may leave the datetime range in UTC: the slow path checks
+    if when is not None and (type(when) is not str or ":" not in when or when[:4] in _EDGE_YEARS):
+        return False
     if value.get("data") is not None and value.get("data_base64") is not None:
         return False
-    for name in value.keys() - _FIELDS:
-        if not _EXTENSION_NAME.fullmatch(name) or not isinstance(value[name], str | int | float | bool):
-            return False
-    return decoded or bool(orjson.loads(raw) == value)
+    if _FIELDS.issuperset(value):
+        return True
+    return all(
+        _EXTENSION_NAME.fullmatch(name) and isinstance(value[name], str | int | float | bool)
+        for name in value.keys() - _FIELDS
+    )
+
+
+def _screen_batch(payload: list[Any], max_event_bytes: int, decoded: bool) -> list[bool]:
+    """:func:`_screen` of every input, with one orjson pass for the whole batch when it can vouch for all.
+
+    Each input's JSON is a piece of the list's, so if the list encodes, is no larger than
+    ``max_event_bytes`` and shows no NUL, so does every input. Otherwise (an input that is not
+    plain JSON, a batch over the limit as a whole) each input is screened on its own.
+    """
+    if decoded:
+        try:
+            whole = orjson.dumps(list(payload), option=_PLAIN_JSON)  # JsonList is a subclass orjson refuses
+        except (TypeError, orjson.JSONEncodeError):
+            whole = b""
+        if whole and len(whole) <= max_event_bytes and b"\\u0000" not in whole:
+            return [type(value) is dict and _screen_shape(value) for value in payload]
+    return [_screen(value, max_event_bytes, decoded) for value in payload]
 
 
 def validate_batch(payload: Any, max_event_bytes: int) -> Batch:
@@ -358,7 +389,7 @@ def validate_batch(payload: Any, max_event_bytes: int) -> Batch:
         batch.rejected.append(Rejection(encode_raw(payload), "not_a_list", [error]))
         return batch
     decoded = type(payload) is JsonList
-    screened = [_screen(value, max_event_bytes, decoded) for value in payload]
+    screened = _screen_batch(payload, max_event_bytes, decoded)
     fast = iter(_FAST.validate_python([value for value, ok in zip(payload, screened, strict=True) if ok]))
     seen: set[tuple[str, str]] = set()
     for position, (value, ok) in enumerate(zip(payload, screened, strict=True)):

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 from arq.utils import args_to_string
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from worker import events
@@ -190,6 +190,55 @@ def test_fast_path_matches_validate_one_on_generated_inputs(values):
     assert fast(values) == slow(values)
 
 
+def _decoded(values: list[Any]) -> Any:
+    """``values`` as the worker gets them: through a job's JSON and the worker's deserializer."""
+    job = serialize({"t": 1, "f": "ingest_events", "a": [values], "k": {}, "et": 0})
+    return job_deserializer({"ingest_events"})(job)["a"][0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(raw_events | json_values, max_size=6))
+def test_decoded_batches_match_validate_one_on_generated_inputs(values):
+    """Generated inputs decoded from a job (one screening pass when it can) give validate_one's results."""
+    decoded = _decoded(values)
+    assume(type(decoded) is JsonList)  # not when the job is undecodable (Infinity beside a big integer)
+    assert fast(decoded) == slow(list(decoded))
+
+
+def test_a_clean_decoded_batch_is_screened_in_one_pass(monkeypatch):
+    """Decoded valid events, with and without extensions, are screened by one encoding of the whole list."""
+    calls: list[Any] = []
+    monkeypatch.setattr(events, "_screen", lambda *a: calls.append(a) or True)
+    decoded = _decoded(
+        [event(id=f"e-{n}", **({"traceparent": "t", "n": n} if n % 2 else {})) for n in range(20)]
+    )
+    assert len(validate_batch(decoded, 100 * LIMIT).events) == 20
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    ("refused", "pad"),
+    [
+        (event(id="big", data={"pad": "x" * LIMIT}), LIMIT // 4),  # the batch is over the limit in all
+        (event(id="nul", data="a\x00b"), 10),  # the batch is under it
+        (event(id="key", data={"k\x00": 1}), 10),
+    ],
+    ids=["too-large", "nul", "nul-key"],
+)
+def test_a_decoded_batch_the_one_pass_cannot_vouch_for_is_screened_event_by_event(monkeypatch, refused, pad):
+    """A decoded batch with an input the whole-batch screen cannot pass still gives validate_one's results.
+
+    The other events still take the fast path, each screened on its own.
+    """
+    calls: list[Any] = []
+    monkeypatch.setattr(events, "validate_one", lambda *a: calls.append(a) or validate_one(*a))
+    values = [event(id=f"e-{n}", data={"pad": "x" * pad}) for n in range(8)]
+    decoded = _decoded([*values[:4], refused, *values[4:]])
+    assert type(decoded) is JsonList
+    assert fast(decoded) == slow(list(decoded))
+    assert [position for _value, _limit, position in calls] in ([4], [])  # at most the refused one
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -212,7 +261,26 @@ def test_job_list_repr_gives_arq_the_same_log_line(args):
 
 def test_copy_text_of_big_integers():
     """The COPY path writes JSON orjson refuses (integers past 64 bits) as the engine's serializer does."""
-    from worker.db.statements import _json_text
+    from worker.db.statements import _json_bytes
 
-    assert _json_text({"n": 2**70, "s": "é"}) == '{"n":1180591620717411303424,"s":"é"}'
-    assert _json_text(None) is None
+    assert _json_bytes({"n": 2**70, "s": "é"}) == '{"n":1180591620717411303424,"s":"é"}'.encode()
+    assert _json_bytes(None) is None
+
+
+def test_copy_records_put_json_last_as_bytes_in_either_encoder():
+    """COPY records hold a row's plain values, then data and extensions as JSON bytes (None stays None)."""
+    from worker.db.statements import _STAGE_COLUMNS, _records
+
+    plain = {c: f"<{c}>" for c in _STAGE_COLUMNS}
+    rows = [
+        plain | {"data": {"a": [1, "é"]}, "extensions": None},
+        plain | {"data": None, "extensions": {"x": 1}},
+    ]
+    expected_plain = tuple(f"<{c}>" for c in _STAGE_COLUMNS[:-2])
+    assert _records(rows) == [
+        (*expected_plain, b'{"a":[1,"\xc3\xa9"]}', None),
+        (*expected_plain, None, b'{"x":1}'),
+    ]
+    # orjson refuses an integer past 64 bits: the whole batch is encoded again with the stdlib
+    big = [*rows, plain | {"data": 2**70, "extensions": None}]
+    assert _records(big) == [*_records(rows), (*expected_plain, b"1180591620717411303424", None)]

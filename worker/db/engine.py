@@ -24,6 +24,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from worker.config import Settings
 from worker.constants import MAX_APPLICATION_NAME
+from worker.db import statements
 from worker.serialization import deserialize
 
 
@@ -90,6 +91,8 @@ def make_engine(settings: Settings) -> AsyncEngine:
     )
     if driver == "aiosqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas(settings.sqlite_busy_timeout_ms))
+    if driver == "asyncpg":  # the ingest job's COPY staging table, made once per connection
+        event.listen(engine.sync_engine, "connect", statements.create_stage)
     return engine
 
 
