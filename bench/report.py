@@ -14,8 +14,14 @@ Two baselines by hand on asyncpg: the report's own statements, and a statement p
 (the straightforward computation, as the report ran before it counted in one pass). Every
 run of every way must find the same figures, those of a statement per figure.
 
+Around each report it reads, from Linux ``/proc/<pid>/schedstat`` of the server's processes
+(PostgreSQL on this machine), how much CPU time the report's queries took and how long they
+waited, runnable, for a CPU: on a shared machine, the difference between the fanned-out wall
+time and the slowest query is mostly that wait.
+
 It measures twice: with PostgreSQL's parallel query as the server has it, and with
-``max_parallel_workers_per_gather = 0``.
+``max_parallel_workers_per_gather = 0`` (the fanned-out report turns it off in its own
+sessions either way; the serial report and the per-figure baseline use the setting).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import platform
 import random
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -282,9 +289,48 @@ async def raw_fanned_out(
     return _raw_run(started, dict(zip(names, results, strict=True)))
 
 
+#: The bench database's other server processes: the report's sessions and the baselines' connections.
+_BACKENDS = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+
+
+def _schedstat(pid: int) -> tuple[int, int]:
+    """Nanoseconds a local process has spent on a CPU and waiting for one (Linux ``/proc``, else zeros)."""
+    try:
+        on_cpu, waiting, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return 0, 0
+    return int(on_cpu), int(waiting)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTime:
+    """What the server's processes spent while one report ran: on a CPU, and runnable but waiting for one."""
+
+    cpu_ms: float
+    wait_ms: float
+    busiest_cpu_ms: float
+    """The CPU time of the busiest process: fanned out, that of the costliest query."""
+
+
+async def _with_server_time(pool: asyncpg.Pool, way: Callable[[], Awaitable[Any]]) -> tuple[Any, ServerTime]:
+    """Run ``way`` and read the backends' CPU and run-queue time around it (parallel workers not counted)."""
+    pids = [row[0] for row in await pool.fetch(_BACKENDS)]
+    before = {pid: _schedstat(pid) for pid in pids}
+    result = await way()
+    after = {pid: _schedstat(pid) for pid in pids}
+    cpu = [after[pid][0] - before[pid][0] for pid in pids]
+    wait = sum(after[pid][1] - before[pid][1] for pid in pids)
+    return result, ServerTime(
+        cpu_ms=sum(cpu) / 1e6, wait_ms=wait / 1e6, busiest_cpu_ms=max(cpu, default=0) / 1e6
+    )
+
+
 async def measure(db: Database, pool: asyncpg.Pool, window: Window, runs: int) -> dict[str, list[Any]]:
-    """``runs`` reports each way, alternating so that drift hits all alike, after one warm-up each."""
-    ways = {
+    """``runs`` reports each way, alternating so that drift hits all alike, after one warm-up each.
+
+    Around each report (not the baselines) the server's CPU and run-queue time are read too.
+    """
+    ways: dict[str, Callable[[], Awaitable[Any]]] = {
         "serial": lambda: build_report(db, window, fan_out=False),
         "fanned_out": lambda: build_report(db, window, fan_out=True),
         "raw_serial": lambda: raw_serial(pool, window, QUERY_NAMES),
@@ -296,10 +342,15 @@ async def measure(db: Database, pool: asyncpg.Pool, window: Window, runs: int) -
     }
     for way in ways.values():
         await way()
-    measured: dict[str, list[Any]] = {name: [] for name in ways}
+    measured: dict[str, list[Any]] = {name: [] for name in [*ways, "serial_server", "fanned_out_server"]}
     for _ in range(runs):
         for name, way in ways.items():
-            measured[name].append(await way())
+            if name in {"serial", "fanned_out"}:
+                report, server = await _with_server_time(pool, way)
+                measured[name].append(report)
+                measured[f"{name}_server"].append(server)
+            else:
+                measured[name].append(await way())
     return measured
 
 
@@ -331,6 +382,13 @@ def check_figures(measured: dict[str, list[Any]]) -> Report:
 RAW_WAYS = ("raw_serial", "raw_fanned_out", "per_figure_serial", "per_figure_fanned_out")
 
 
+SERVER_TIMES = ("cpu_ms", "wait_ms", "busiest_cpu_ms")
+
+
+def _median_of(times: list[ServerTime], field: str) -> float:
+    return round(statistics.median(getattr(time, field) for time in times), 2)
+
+
 def summarize(measured: dict[str, list[Any]]) -> dict[str, Any]:
     """Medians: wall times, their ratio, each query alone (from the serial runs), the slowest query."""
     first = check_figures(measured)
@@ -360,6 +418,10 @@ def summarize(measured: dict[str, list[Any]]) -> dict[str, Any]:
         "fanned_out_over_slowest_alone": round(statistics.median(fanned) / per_query[slowest_name], 2),
         "queries_alone_ms": {name: round(ms, 2) for name, ms in per_query.items()},
         "per_figure_alone_ms": {name: round(ms, 2) for name, ms in per_figure.items()},
+        "server_ms": {
+            way: {field: _median_of(measured[f"{way}_server"], field) for field in SERVER_TIMES}
+            for way in ("serial", "fanned_out")
+        },
         "runs_ms": {
             "serial": serial,
             "fanned_out": fanned,
@@ -407,6 +469,12 @@ def table(results: dict[str, dict[str, Any]], rows: int, pool_size: int, runs: i
             f" (target {TARGET:.2f}); speed-up serial/fanned out {r['speedup']:.2f}x"
             f" (raw asyncpg {r['raw_speedup']:.2f}x, a statement per figure {r['per_figure_speedup']:.2f}x);"
             " each query alone (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in r["queries_alone_ms"].items())
+        )
+        serial, fanned = r["server_ms"]["serial"], r["server_ms"]["fanned_out"]
+        lines.append(
+            f"  server CPU per report (ms): serial {serial['cpu_ms']:.1f}, fanned out {fanned['cpu_ms']:.1f}"
+            f" (its busiest process {fanned['busiest_cpu_ms']:.1f});"
+            f" waiting for a CPU: serial {serial['wait_ms']:.1f}, fanned out {fanned['wait_ms']:.1f}"
         )
         lines.append(
             "  a statement per figure, each alone (ms): "
