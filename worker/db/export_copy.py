@@ -17,7 +17,8 @@ lines are byte for byte those of :func:`worker.export.ndjson_lines` on the same 
   eventworker's values in place, as a dict update does.
 
 An event with any other extension value (a decimal such as ``1.10`` or ``1e-7``, an
-integer orjson reads as a float, an object) would come out differently, so its line is
+integer beyond 64 bits, which JSON decoders read differently, an object) could come out
+differently, so its line is
 instead a JSON array of the row in :data:`~worker.export.EXPORT_COLUMNS` order
 (:data:`ROW_ARRAY`), which :class:`worker.export.CopyLines` renders in Python, reading the
 extensions with the engine's own JSON decoder (:func:`json_loads`), as the generic path does.
