@@ -312,9 +312,14 @@ class ServerTime:
     """The CPU time of the busiest process: fanned out, that of the costliest query."""
 
 
-async def _with_server_time(pool: asyncpg.Pool, way: Callable[[], Awaitable[Any]]) -> tuple[Any, ServerTime]:
-    """Run ``way`` and read the backends' CPU and run-queue time around it (parallel workers not counted)."""
-    pids = [row[0] for row in await pool.fetch(_BACKENDS)]
+async def _with_server_time(
+    monitor: asyncpg.Connection, way: Callable[[], Awaitable[Any]]
+) -> tuple[Any, ServerTime]:
+    """Run ``way`` and read the backends' CPU and run-queue time around it (parallel workers not counted).
+
+    ``monitor`` is a connection of its own, outside the pools measured.
+    """
+    pids = [row[0] for row in await monitor.fetch(_BACKENDS)]
     before = {pid: _schedstat(pid) for pid in pids}
     result = await way()
     after = {pid: _schedstat(pid) for pid in pids}
@@ -325,10 +330,12 @@ async def _with_server_time(pool: asyncpg.Pool, way: Callable[[], Awaitable[Any]
     )
 
 
-async def measure(db: Database, pool: asyncpg.Pool, window: Window, runs: int) -> dict[str, list[Any]]:
+async def measure(
+    db: Database, pool: asyncpg.Pool, monitor: asyncpg.Connection, window: Window, runs: int
+) -> dict[str, list[Any]]:
     """``runs`` reports each way, alternating so that drift hits all alike, after one warm-up each.
 
-    Around each report (not the baselines) the server's CPU and run-queue time are read too.
+    Around each report the server's CPU and run-queue time are read too.
     """
     ways: dict[str, Callable[[], Awaitable[Any]]] = {
         "serial": lambda: build_report(db, window, fan_out=False),
@@ -342,15 +349,12 @@ async def measure(db: Database, pool: asyncpg.Pool, window: Window, runs: int) -
     }
     for way in ways.values():
         await way()
-    measured: dict[str, list[Any]] = {name: [] for name in [*ways, "serial_server", "fanned_out_server"]}
+    measured: dict[str, list[Any]] = {key: [] for name in ways for key in (name, f"{name}_server")}
     for _ in range(runs):
         for name, way in ways.items():
-            if name in {"serial", "fanned_out"}:
-                report, server = await _with_server_time(pool, way)
-                measured[name].append(report)
-                measured[f"{name}_server"].append(server)
-            else:
-                measured[name].append(await way())
+            result, server = await _with_server_time(monitor, way)
+            measured[name].append(result)
+            measured[f"{name}_server"].append(server)
     return measured
 
 
@@ -377,6 +381,16 @@ def check_figures(measured: dict[str, list[Any]]) -> Report:
             assert run.figures == expected, f"{way} found other figures than the report"
     return first
 
+
+#: Short names of the ways measured, for the notes under the table.
+LABELS = {
+    "serial": "serial",
+    "fanned_out": "fanned out",
+    "raw_serial": "raw serial",
+    "raw_fanned_out": "raw fanned out",
+    "per_figure_serial": "per figure serial",
+    "per_figure_fanned_out": "per figure fanned out",
+}
 
 #: The ways measured by hand.
 RAW_WAYS = ("raw_serial", "raw_fanned_out", "per_figure_serial", "per_figure_fanned_out")
@@ -420,7 +434,7 @@ def summarize(measured: dict[str, list[Any]]) -> dict[str, Any]:
         "per_figure_alone_ms": {name: round(ms, 2) for name, ms in per_figure.items()},
         "server_ms": {
             way: {field: _median_of(measured[f"{way}_server"], field) for field in SERVER_TIMES}
-            for way in ("serial", "fanned_out")
+            for way in ("serial", "fanned_out", *RAW_WAYS)
         },
         "runs_ms": {
             "serial": serial,
@@ -470,11 +484,11 @@ def table(results: dict[str, dict[str, Any]], rows: int, pool_size: int, runs: i
             f" (raw asyncpg {r['raw_speedup']:.2f}x, a statement per figure {r['per_figure_speedup']:.2f}x);"
             " each query alone (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in r["queries_alone_ms"].items())
         )
-        serial, fanned = r["server_ms"]["serial"], r["server_ms"]["fanned_out"]
+        server = r["server_ms"]
         lines.append(
-            f"  server CPU per report (ms): serial {serial['cpu_ms']:.1f}, fanned out {fanned['cpu_ms']:.1f}"
-            f" (its busiest process {fanned['busiest_cpu_ms']:.1f});"
-            f" waiting for a CPU: serial {serial['wait_ms']:.1f}, fanned out {fanned['wait_ms']:.1f}"
+            "  server CPU / waiting for a CPU per report (ms): "
+            + ", ".join(f"{LABELS[way]} {t['cpu_ms']:.0f} / {t['wait_ms']:.0f}" for way, t in server.items())
+            + f"; fanned out, its busiest process {server['fanned_out']['busiest_cpu_ms']:.1f}"
         )
         lines.append(
             "  a statement per figure, each alone (ms): "
@@ -498,10 +512,12 @@ async def run_configuration(
     db = Database.from_settings(load_settings(database_url=url, db_pool_size=pool_size, log_level="WARNING"))
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     pool = await asyncpg.create_pool(dsn, min_size=pool_size, max_size=pool_size)
+    monitor = await asyncpg.connect(dsn)
     try:
         window = Window(now - timedelta(hours=1), now + timedelta(seconds=1), "1h")
-        return summarize(await measure(db, pool, window, runs))
+        return summarize(await measure(db, pool, monitor, window, runs))
     finally:
+        await monitor.close()
         await pool.close()
         await db.dispose()
 
