@@ -10,6 +10,9 @@ wall time serial and fanned out, their ratio, and the slowest of the report's qu
 (from the serial runs of the same measurement: a fanned-out report cannot beat it). Results go
 to ``bench/results/report.json``.
 
+The fanned-out report also runs a second time per round with the server's parallel workers
+allowed in its sessions (the report turns them off there): the measurement behind that choice.
+
 Two baselines by hand on asyncpg: the report's own statements, and a statement per figure
 (the straightforward computation, as the report ran before it counted in one pass). Every
 run of every way must find the same figures, those of a statement per figure.
@@ -41,12 +44,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
 from worker.config import load_settings
-from worker.db import schema
+from worker.db import report_sql, schema
 from worker.db.engine import Database
 from worker.db.report_sql import LAG_SAMPLE_SIZE
 from worker.report import PERCENTILES, Report, Window, build_report, percentile
@@ -330,6 +334,16 @@ async def _with_server_time(
     )
 
 
+async def _keep_server_setting(session: Any) -> None:
+    """In place of :func:`report_sql.without_parallel_workers`: the server's setting holds."""
+
+
+async def _with_server_workers(report: Awaitable[Report]) -> Report:
+    """``report`` with the parallel workers the server allows, in the fanned-out sessions too."""
+    with mock.patch.object(report_sql, "without_parallel_workers", _keep_server_setting):
+        return await report
+
+
 async def measure(
     db: Database, pool: asyncpg.Pool, monitor: asyncpg.Connection, window: Window, runs: int
 ) -> dict[str, list[Any]]:
@@ -340,6 +354,7 @@ async def measure(
     ways: dict[str, Callable[[], Awaitable[Any]]] = {
         "serial": lambda: build_report(db, window, fan_out=False),
         "fanned_out": lambda: build_report(db, window, fan_out=True),
+        "fanned_out_server_workers": lambda: _with_server_workers(build_report(db, window, fan_out=True)),
         "raw_serial": lambda: raw_serial(pool, window, QUERY_NAMES),
         "raw_fanned_out": lambda: raw_fanned_out(pool, window, QUERY_NAMES),
         "per_figure_serial": lambda: raw_serial(pool, window, PER_FIGURE_NAMES),
@@ -372,7 +387,9 @@ def _figures(report: Report) -> dict[str, Any]:
 
 def check_figures(measured: dict[str, list[Any]]) -> Report:
     """Every run, each way, found the same figures, those of a statement per figure; the first report."""
-    reports: list[Report] = measured["serial"] + measured["fanned_out"]
+    reports: list[Report] = (
+        measured["serial"] + measured["fanned_out"] + measured["fanned_out_server_workers"]
+    )
     first = reports[0]
     assert all(r.figures() == first.figures() for r in reports), "the reports disagree"
     expected = _figures(first)
@@ -386,6 +403,7 @@ def check_figures(measured: dict[str, list[Any]]) -> Report:
 LABELS = {
     "serial": "serial",
     "fanned_out": "fanned out",
+    "fanned_out_server_workers": "fanned out with workers",
     "raw_serial": "raw serial",
     "raw_fanned_out": "raw fanned out",
     "per_figure_serial": "per figure serial",
@@ -422,6 +440,9 @@ def summarize(measured: dict[str, list[Any]]) -> dict[str, Any]:
         "events_in_window": first.events,
         "serial_ms": round(statistics.median(serial), 2),
         "fanned_out_ms": round(statistics.median(fanned), 2),
+        "fanned_out_server_workers_ms": round(
+            statistics.median(r.timing.wall_ms for r in measured["fanned_out_server_workers"]), 2
+        ),
         **{f"{way}_ms": round(ms, 2) for way, ms in raw.items()},
         "speedup": round(statistics.median(serial) / statistics.median(fanned), 2),
         "raw_speedup": round(raw["raw_serial"] / raw["raw_fanned_out"], 2),
@@ -434,7 +455,7 @@ def summarize(measured: dict[str, list[Any]]) -> dict[str, Any]:
         "per_figure_alone_ms": {name: round(ms, 2) for name, ms in per_figure.items()},
         "server_ms": {
             way: {field: _median_of(measured[f"{way}_server"], field) for field in SERVER_TIMES}
-            for way in ("serial", "fanned_out", *RAW_WAYS)
+            for way in ("serial", "fanned_out", "fanned_out_server_workers", *RAW_WAYS)
         },
         "runs_ms": {
             "serial": serial,
@@ -470,6 +491,7 @@ def table(results: dict[str, dict[str, Any]], rows: int, pool_size: int, runs: i
     lines += [
         row("serial (one session)", "serial_ms"),
         row("fanned out (a session per query)", "fanned_out_ms"),
+        row("fanned out with parallel workers", "fanned_out_server_workers_ms"),
         row("slowest query alone", "slowest_query_alone_ms"),
         row("raw asyncpg, serial", "raw_serial_ms"),
         row("raw asyncpg, fanned out", "raw_fanned_out_ms"),
