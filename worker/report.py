@@ -7,10 +7,10 @@ sample and the dead letters. :func:`build_report` runs them either one after ano
 session, or fanned out, each in its own session and transaction, at the same time
 (``asyncio.TaskGroup``). A session is never shared between two queries in flight.
 
-Why three and not one per figure: on PostgreSQL the four counting figures cost about half as
-much from one scan as from four, and the fan-out's wall time is bounded below by the total work
-divided by the cores as much as by the slowest query; less work in all lets the fanned-out
-report finish about when its slowest query does (bench/report.py).
+Why three and not one per figure: on PostgreSQL the four counting figures take 0.54-0.67x the
+time from one scan as from four, and the fan-out's wall time is bounded below by the total work
+divided by the cores as much as by the slowest query; with less work in all, a fanned-out report
+on two free cores ends about when its slowest query does (bench/README.md, "Report fan-out").
 
 The fan-out never asks the pool for more connections than it keeps (``pool_size``): queries
 beyond that wait for one of the report's own queries to finish, without a time limit, instead

@@ -6,8 +6,8 @@ scan. The report runs three (:mod:`worker.report`), independent of each other, o
 another in one session or each in its own session at the same time:
 
 - :func:`window_counts`: the event count, counts by type and by source and the top subjects.
-  On PostgreSQL that is one pass over the window (``GROUPING SETS``) instead of four: the
-  four aggregates cost about half as much together as apart (bench/report.py).
+  On PostgreSQL that is one pass over the window (``GROUPING SETS``) instead of four, in
+  0.54-0.67x the time (bench/README.md, "Report fan-out").
 - :func:`lag_sample`: ingestion lags.
 - :func:`dead_letters_by_reason`.
 
