@@ -123,10 +123,10 @@ _BY_PAIR, _BY_SUBJECT, _ALL = 0b001, 0b110, 0b111
 
 
 #: Rows of figures: (figure, key, count, rank).
-FigureRows = Select[str, str | None, int, int]
+_FigureRows = Select[str, str | None, int, int]
 
 
-def _top(figure: str, counted: Select[Any, int], limit: int) -> FigureRows:
+def _top(figure: str, counted: Select[Any, int], limit: int) -> _FigureRows:
     """The ``limit`` most frequent keys of ``counted`` (rows ``key, n``) as rows (figure, key, n, rank)."""
     ordered = counted.subquery()
     rows = select(ordered).order_by(ordered.c.n.desc(), ordered.c.key).limit(limit).subquery()
@@ -135,7 +135,7 @@ def _top(figure: str, counted: Select[Any, int], limit: int) -> FigureRows:
     return select(literal(figure).label("figure"), rows.c.key, rows.c.n, rank.label("rank"))
 
 
-def _grouping_sets_counts(start: datetime, end: datetime, limit: int, subjects: int) -> FigureRows:
+def _grouping_sets_counts(start: datetime, end: datetime, limit: int, subjects: int) -> _FigureRows:
     """One pass over the window: rows (figure, key, count, rank), ordered by figure and rank.
 
     One scan counts the (type, source) pairs, the subjects and the whole window: two hash
