@@ -7,7 +7,7 @@ sample and the dead letters. :func:`build_report` runs them either one after ano
 session, or fanned out, each in its own session and transaction, at the same time
 (``asyncio.TaskGroup``). A session is never shared between two queries in flight.
 
-Why three and not one per figure: on PostgreSQL the four counting figures take 0.54-0.67x the
+Why three and not one per figure: on PostgreSQL the four counting figures take 0.54-0.75x the
 time from one scan as from four, and the fan-out's wall time is bounded below by the total work
 divided by the cores as much as by the slowest query; with less work in all, a fanned-out report
 on two free cores ends about when its slowest query does (bench/README.md, "Report fan-out").

@@ -7,7 +7,7 @@ another in one session or each in its own session at the same time:
 
 - :func:`window_counts`: the event count, counts by type and by source and the top subjects.
   On PostgreSQL that is one pass over the window (``GROUPING SETS``) instead of four, in
-  0.54-0.67x the time (bench/README.md, "Report fan-out").
+  0.54-0.75x the time (bench/README.md, "Report fan-out").
 - :func:`lag_sample`: ingestion lags.
 - :func:`dead_letters_by_reason`.
 
