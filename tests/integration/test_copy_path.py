@@ -16,7 +16,7 @@ from worker.events import event_row, validate_batch
 
 pytestmark = pytest.mark.integration
 
-COLUMNS = [c for c in statements.EVENT_COLUMNS if c not in {"source", "job_id"}]
+COLUMNS = [c for c in statements.EVENT_COLUMNS if c != "source"]
 
 
 #: Values that an encoding could get wrong, one per event, cycled through the batch.
@@ -118,3 +118,27 @@ async def test_copy_and_insert_paths_store_identical_rows(db, monkeypatch, big_n
     exact = BIG_NUMBERS if big_numbers else {"u64": 2**64 - 1, "i64": -(2**63)}
     assert {key: numbers[key] for key in exact} == exact  # integers stay exact, not floats
     assert by_source["/copy"]["evt-4"][COLUMNS.index("extensions")]["note"] == "ünïcode \\ \t"
+
+
+@pytest.mark.parametrize("backend", ["asyncpg"])
+async def test_rows_of_several_jobs_take_the_insert_path_and_keep_their_own_columns(db, monkeypatch):
+    """COPY sends received_at and job_id once per batch; rows that differ in them are inserted row by row."""
+    copied: list[int] = []
+    original = statements._copy_events
+
+    async def spy(session, rows):
+        copied.append(len(rows))
+        return await original(session, rows)
+
+    monkeypatch.setattr(statements, "_copy_events", spy)
+    n = statements.COPY_THRESHOLD * 2
+    rows = _rows("/mixed", n, big_numbers=False)
+    later = datetime(2026, 5, 6, 8, 0, tzinfo=UTC)
+    rows = [row | {"received_at": later, "job_id": "other"} if i % 2 else row for i, row in enumerate(rows)]
+    async with db.transaction() as session:
+        assert await statements.insert_events(session, rows) == len(rows)
+    assert copied == []
+    async with db.transaction() as session:
+        stored = (await session.execute(select(Event.event_id, Event.received_at, Event.job_id))).all()
+    expected = {row["event_id"]: (row["received_at"], row["job_id"]) for row in rows}
+    assert {event_id: (received_at, job_id) for event_id, received_at, job_id in stored} == expected

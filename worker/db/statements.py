@@ -15,7 +15,7 @@ from operator import itemgetter
 from typing import Any
 
 import orjson
-from sqlalchemy import Table, func, insert, select, text, update
+from sqlalchemy import Table, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -72,9 +72,12 @@ _IDENTITY = itemgetter("source", "event_id")
 #: Batches at least this large go through COPY on asyncpg; smaller ones are cheaper as one INSERT.
 COPY_THRESHOLD = 64
 _STAGE = "ew_events_stage"
-#: The staging table's columns, in COPY's order: a row's plain values, then its JSON columns.
+#: The staging table's columns, in COPY's order: a row's plain values, then its JSON columns. The
+#: batch's received_at and job_id, the same in every row, go to the INSERT as parameters instead
+#: (asyncpg encodes a datetime per row at about a microsecond).
 _JSON_COLUMNS = ("data", "extensions")
-_PLAIN_COLUMNS = tuple(c for c in EVENT_COLUMNS if c not in _JSON_COLUMNS)
+_BATCH_COLUMNS = ("received_at", "job_id")
+_PLAIN_COLUMNS = tuple(c for c in EVENT_COLUMNS if c not in {*_JSON_COLUMNS, *_BATCH_COLUMNS})
 _STAGE_COLUMNS = (*_PLAIN_COLUMNS, *_JSON_COLUMNS)
 #: JSON is staged as its UTF-8 bytes, as orjson writes them: COPY sends bytes as they are
 #: (``jsonb`` would cost a Python call per value, ``text`` a decode and an encode), and the
@@ -82,16 +85,24 @@ _STAGE_COLUMNS = (*_PLAIN_COLUMNS, *_JSON_COLUMNS)
 _STAGE_DDL = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (source text, event_id text, type text,"
     " specversion text, time timestamptz, subject text, datacontenttype text, dataschema text,"
-    " data_base64 text, received_at timestamptz, job_id text, data bytea, extensions bytea)"
-    " ON COMMIT DELETE ROWS"
+    " data_base64 text, data bytea, extensions bytea) ON COMMIT DELETE ROWS"
 )
 _ENSURE_STAGE = text(_STAGE_DDL)
-_STAGED_VALUES = ", ".join(
-    f"convert_from({c}, 'UTF8')::jsonb" if c in _JSON_COLUMNS else c for c in EVENT_COLUMNS
-)
+
+
+def _staged_value(column: str) -> str:
+    if column in _JSON_COLUMNS:
+        return f"convert_from({column}, 'UTF8')::jsonb"
+    return f":{column}" if column in _BATCH_COLUMNS else column
+
+
 _FROM_STAGE = text(
-    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) SELECT {_STAGED_VALUES} FROM {_STAGE}"  # noqa: S608 - constants only
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)})"  # noqa: S608 - constants only
+    f" SELECT {', '.join(map(_staged_value, EVENT_COLUMNS))} FROM {_STAGE}"
     " ORDER BY source, event_id ON CONFLICT (source, event_id) DO NOTHING"
+).bindparams(
+    bindparam("received_at", type_=EVENTS.c.received_at.type),
+    bindparam("job_id", type_=EVENTS.c.job_id.type),
 )
 _plain_values = itemgetter(*_PLAIN_COLUMNS)
 
@@ -163,7 +174,9 @@ async def _copy_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
         # the table is there already, unless the engine was made without create_stage.
         await session.execute(_ENSURE_STAGE)
     await driver.copy_records_to_table(_STAGE, records=_records(rows), columns=_STAGE_COLUMNS)
-    result = await session.execute(_FROM_STAGE)
+    first = rows[0]
+    batch = {"received_at": first["received_at"], "job_id": first["job_id"]}
+    result = await session.execute(_FROM_STAGE, batch)
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
@@ -171,7 +184,8 @@ async def insert_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -
     """Store events not stored yet (by source and event_id); return how many were new.
 
     Rows go in identity order so that two batches sharing identities lock them in the
-    same order and cannot deadlock each other. On asyncpg large batches take the COPY path.
+    same order and cannot deadlock each other. On asyncpg a large batch of one job (one
+    received_at and job_id, as the ingest job makes them) takes the COPY path.
     """
     ordered = sorted(rows, key=_IDENTITY)
     bind = session.get_bind()
@@ -179,6 +193,7 @@ async def insert_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -
         len(ordered) >= COPY_THRESHOLD
         and bind.dialect.name == "postgresql"
         and bind.dialect.driver == "asyncpg"
+        and len({(row["received_at"], row["job_id"]) for row in ordered}) == 1  # one job's batch
     ):
         return await _copy_events(session, ordered)
     return await insert_ignoring_duplicates(session, EVENTS, ordered, ("source", "event_id"))
