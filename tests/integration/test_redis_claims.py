@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -85,65 +86,63 @@ async def direct() -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-async def _claim(pool: aioredis.Redis, key: str) -> list[object]:
-    """arq's claim of a job, as ``Worker.start_jobs`` writes it."""
+@pytest.fixture
+async def pool(proxy: CuttingProxy) -> AsyncIterator[aioredis.Redis]:
+    """A worker's pool, connected through the proxy."""
+    pool = worker_pool(proxy.url, retry_window=5, job_deserializer=deserialize, queue_name="q")
+    yield pool
+    await pool.aclose()
+
+
+@pytest.fixture
+async def key(direct: aioredis.Redis) -> AsyncIterator[str]:
+    key = f"{in_progress_key_prefix}{uuid.uuid4().hex}"  # as arq names a job's claim
+    yield key
+    await direct.delete(key)
+
+
+async def _exec_cut_off(
+    pool: aioredis.Redis, proxy: CuttingProxy, key: str, command: str, before: Any = None
+) -> list[object]:
+    """WATCH ``key``, run ``before``, then MULTI ``command`` EXEC, the reply to EXEC lost on the way."""
     async with pool.pipeline(transaction=True) as pipe:
         await pipe.watch(key)
         assert not await pipe.exists(key)
+        if before is not None:
+            await before
         pipe.multi()
-        pipe.psetex(key, 60_000, b"1")
-        return await pipe.execute()  # type: ignore[no-any-return]
-
-
-async def test_a_claim_applied_before_the_connection_dropped_counts_as_ours(proxy, direct):
-    """EXEC applied, reply lost: the claim reads back as this worker's, and execute() succeeds."""
-    pool = worker_pool(proxy.url, retry_window=5, job_deserializer=deserialize, queue_name="q")
-    key = f"{in_progress_key_prefix}{uuid.uuid4().hex}"
-    try:
+        if command == "claim":
+            pipe.psetex(key, 60_000, b"1")  # arq's claim of a job, as Worker.start_jobs writes it
+        else:
+            pipe.set(key, b"x")
         proxy.cut_after_exec = True
-        assert await _claim(pool, key) == [True]
-        assert proxy.cuts == 1
-        assert (await direct.get(key)).startswith(b"1:")  # the claim's own value; arq only checks existence
-        assert 0 < await direct.pttl(key) <= 60_000
-    finally:
-        await direct.delete(key)
-        await pool.aclose()
+        result = await pipe.execute()
+    assert proxy.cuts == 1
+    return result  # type: ignore[no-any-return]
 
 
-async def test_a_claim_someone_else_holds_is_still_refused(proxy, direct):
+async def test_a_claim_applied_before_the_connection_dropped_counts_as_ours(pool, proxy, direct, key):
+    """EXEC applied, reply lost: the claim reads back as this worker's, and execute() succeeds."""
+    assert await _exec_cut_off(pool, proxy, key, "claim") == [True]
+    assert (await direct.get(key)).startswith(b"1:")  # the claim's own value; arq only checks existence
+    assert 0 < await direct.pttl(key) <= 60_000
+
+
+async def test_a_claim_someone_else_holds_is_still_refused(pool, proxy, direct, key):
     """If another worker's claim is there after the drop, WatchError tells arq the job is taken."""
-    pool = worker_pool(proxy.url, retry_window=5, job_deserializer=deserialize, queue_name="q")
-    key = f"{in_progress_key_prefix}{uuid.uuid4().hex}"
-    try:
-        async with pool.pipeline(transaction=True) as pipe:
-            await pipe.watch(key)
-            assert not await pipe.exists(key)
-            await direct.psetex(key, 60_000, b"1")  # another worker claims it first
-            pipe.multi()
-            pipe.psetex(key, 60_000, b"1")
-            proxy.cut_after_exec = True
-            with pytest.raises(WatchError):
-                await pipe.execute()
-        assert proxy.cuts == 1
-        assert await direct.get(key) == b"1"
-    finally:
-        await direct.delete(key)
-        await pool.aclose()
+    with pytest.raises(WatchError):
+        await _exec_cut_off(pool, proxy, key, "claim", before=direct.psetex(key, 60_000, b"1"))
+    assert proxy.cuts == 1
+    assert await direct.get(key) == b"1"
 
 
-async def test_other_transactions_are_left_as_redis_py_has_them(proxy, direct):
+async def test_other_transactions_are_left_as_redis_py_has_them(pool, proxy, direct):
     """A watched transaction that is not a claim still raises WatchError when EXEC's reply is lost."""
-    pool = worker_pool(proxy.url, retry_window=5, job_deserializer=deserialize, queue_name="q")
     key = f"ew-test:{uuid.uuid4().hex}"
     try:
-        async with pool.pipeline(transaction=True) as pipe:
-            await pipe.watch(key)
-            pipe.multi()
-            pipe.set(key, b"x")
-            proxy.cut_after_exec = True
-            with pytest.raises(WatchError):
-                await pipe.execute()
+        with pytest.raises(WatchError):
+            await _exec_cut_off(pool, proxy, key, "set")
+        assert proxy.cuts == 1
         assert await direct.get(key) == b"x"  # applied all the same: only the reply was lost
     finally:
         await direct.delete(key)
-        await pool.aclose()
