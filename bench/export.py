@@ -23,6 +23,12 @@ export's own memory is the difference. Results go to ``bench/results/export.json
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# `python bench/export.py` puts bench/ first on the path; the suite imports itself as the `bench` package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import argparse
 import asyncio
 import hashlib
@@ -33,17 +39,16 @@ import random
 import resource
 import statistics
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import orjson
 from sqlalchemy.engine import make_url
 
-DATABASE = "ew_bench_export"
+from bench.common import BenchDatabase, bench_database
+
 RESULTS = Path(__file__).resolve().parent / "results" / "export.json"
 TYPES = [
     f"com.example.{noun}.{verb}"
@@ -81,39 +86,6 @@ def _records(first: int, count: int, now: datetime, rng: random.Random) -> list[
             )
         )
     return records
-
-
-async def create_database(admin_url: str) -> str:
-    """Drop and create the bench database; return its asyncpg DSN."""
-    connection = await asyncpg.connect(admin_url)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await connection.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await connection.close()
-    return make_url(admin_url).set(database=DATABASE).render_as_string(hide_password=False)
-
-
-async def drop_database(admin_url: str) -> None:
-    """Remove the bench database."""
-    connection = await asyncpg.connect(admin_url)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-    finally:
-        await connection.close()
-
-
-async def migrate(url: str) -> None:
-    """Bring the bench database to the schema eventworker expects."""
-    from worker.config import load_settings
-    from worker.db import schema
-    from worker.db.engine import Database
-
-    db = Database.from_settings(load_settings(database_url=url, log_level="WARNING"))
-    try:
-        await schema.upgrade(db.engine)
-    finally:
-        await db.dispose()
 
 
 async def fill(dsn: str, rows: int) -> float:
@@ -301,16 +273,16 @@ def table(results: dict[str, dict[str, Any]], rows: int, chunk_size: int, runs: 
     return "\n".join(lines)
 
 
-async def prepare(args: argparse.Namespace) -> tuple[str, float]:
-    """Create, migrate and fill the bench database; return its DSN and the fill time."""
-    dsn = await create_database(args.pg_url)
-    await migrate(make_url(dsn).set(drivername="postgresql+asyncpg").render_as_string(hide_password=False))
-    return dsn, await fill(dsn, args.rows)
+async def prepare(args: argparse.Namespace) -> tuple[BenchDatabase, float]:
+    """Create, migrate and fill a bench database of this run; return it and the fill time."""
+    db = await bench_database("export", args.pg_url).create()
+    return db, await fill(db.dsn, args.rows)
 
 
 def main(args: argparse.Namespace) -> None:
     """Fill, run each contender ``--runs`` times alternating, report, clean up."""
-    dsn, fill_s = asyncio.run(prepare(args))
+    db, fill_s = asyncio.run(prepare(args))
+    dsn = db.dsn
     scratch = RESULTS.parent / "export-scratch"
     scratch.mkdir(parents=True, exist_ok=True)
     try:
@@ -324,8 +296,10 @@ def main(args: argparse.Namespace) -> None:
         for path in scratch.iterdir():
             path.unlink()
         scratch.rmdir()
-        if not args.keep:
-            asyncio.run(drop_database(args.pg_url))
+        if args.keep:
+            print(f"kept database {db.name}")
+        else:
+            asyncio.run(db.drop())
     results = {way: summarize(r) for way, r in runs.items()}
     assert all(r["rows"] == args.rows for rs in runs.values() for r in rs)
     print(table(results, args.rows, args.chunk_size, args.runs))
@@ -362,7 +336,7 @@ def _arguments() -> argparse.Namespace:
         default=os.environ.get("EVENTWORKER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
         help="a PostgreSQL server allowed to create databases",
     )
-    parser.add_argument("--keep", action="store_true", help=f"keep the {DATABASE} database afterwards")
+    parser.add_argument("--keep", action="store_true", help="keep the bench database afterwards")
     parser.add_argument(
         "--output", type=Path, default=RESULTS, help=f"where to write the JSON (default {RESULTS})"
     )

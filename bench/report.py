@@ -29,6 +29,12 @@ sessions either way; the serial report and the per-figure baseline use the setti
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# `python bench/report.py` puts bench/ first on the path; the suite imports itself as the `bench` package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import argparse
 import asyncio
 import hashlib
@@ -42,20 +48,19 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from bench.common import BenchDatabase, bench_database
 from worker.config import load_settings
-from worker.db import report_sql, schema
+from worker.db import report_sql
 from worker.db.engine import Database
 from worker.db.report_sql import LAG_SAMPLE_SIZE
 from worker.report import PERCENTILES, Report, Window, build_report, percentile
 
-DATABASE = "ew_bench_report"
 RESULTS = Path(__file__).resolve().parent / "results" / "report.json"
 TYPES = [
     f"com.example.{noun}.{verb}"
@@ -99,26 +104,6 @@ def _dead_letter_records(count: int, now: datetime, rng: random.Random) -> list[
             (rng.choice(REASONS), errors, raw, "bench", n, hashlib.sha256(raw).hexdigest(), received_at)
         )
     return records
-
-
-async def create_database(admin_url: str) -> str:
-    """Drop and create the bench database; return its asyncpg DSN."""
-    connection = await asyncpg.connect(admin_url)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await connection.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await connection.close()
-    return make_url(admin_url).set(database=DATABASE).render_as_string(hide_password=False)
-
-
-async def drop_database(admin_url: str) -> None:
-    """Remove the bench database."""
-    connection = await asyncpg.connect(admin_url)
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-    finally:
-        await connection.close()
 
 
 async def fill(dsn: str, rows: int, now: datetime) -> float:
@@ -520,14 +505,15 @@ def table(results: dict[str, dict[str, Any]], rows: int, pool_size: int, runs: i
 
 
 async def run_configuration(
-    url: str, pool_size: int, workers: str | None, runs: int, now: datetime
+    bench_db: BenchDatabase, pool_size: int, workers: str | None, runs: int, now: datetime
 ) -> dict[str, Any]:
     """Measure with ``max_parallel_workers_per_gather`` set to ``workers`` (None: the server's setting)."""
+    url = bench_db.url
     if workers is not None:
-        admin = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(False))
+        admin = await asyncpg.connect(bench_db.dsn)
         try:
             await admin.execute(
-                f'ALTER DATABASE "{DATABASE}" SET max_parallel_workers_per_gather = {int(workers)}'
+                f'ALTER DATABASE "{bench_db.name}" SET max_parallel_workers_per_gather = {int(workers)}'
             )
         finally:
             await admin.close()
@@ -546,23 +532,19 @@ async def run_configuration(
 
 async def main(args: argparse.Namespace) -> None:
     """Create, fill, measure each configuration, report, clean up."""
-    dsn = await create_database(args.pg_url)
-    url = make_url(dsn).set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    bench_db = await bench_database("report", args.pg_url).create()
     try:
-        db = Database.from_settings(load_settings(database_url=url, log_level="WARNING"))
-        try:
-            await schema.upgrade(db.engine)
-        finally:
-            await db.dispose()
         now = datetime.now(UTC)
-        fill_s = await fill(dsn, args.rows, now)
+        fill_s = await fill(bench_db.dsn, args.rows, now)
         results = {
-            mode: await run_configuration(url, args.pool_size, workers, args.runs, now)
+            mode: await run_configuration(bench_db, args.pool_size, workers, args.runs, now)
             for mode, workers in PARALLEL_QUERY.items()
         }
     finally:
-        if not args.keep:
-            await drop_database(args.pg_url)
+        if args.keep:
+            print(f"kept database {bench_db.name}")
+        else:
+            await bench_db.drop()
     print(table(results, args.rows, args.pool_size, args.runs))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     result = {
@@ -592,7 +574,7 @@ def _arguments() -> argparse.Namespace:
         default=os.environ.get("EVENTWORKER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
         help="a PostgreSQL server allowed to create databases",
     )
-    parser.add_argument("--keep", action="store_true", help=f"keep the {DATABASE} database afterwards")
+    parser.add_argument("--keep", action="store_true", help="keep the bench database afterwards")
     return parser.parse_args()
 
 
