@@ -48,14 +48,9 @@ import orjson
 from sqlalchemy.engine import make_url
 
 from bench.common import BenchDatabase, bench_database
+from bench.events import SOURCES, TYPES
 
 RESULTS = Path(__file__).resolve().parent / "results" / "export.json"
-TYPES = [
-    f"com.example.{noun}.{verb}"
-    for noun in ("order", "cart", "user", "invoice", "shipment")
-    for verb in ("created", "updated", "deleted", "viewed")
-]
-SOURCES = [f"/shop/region-{n:02d}" for n in range(50)]
 WAYS = ("eventworker", "eventworker generic", "raw asyncpg")
 BASELINE = "raw asyncpg"
 

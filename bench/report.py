@@ -55,6 +55,7 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from bench.common import BenchDatabase, bench_database
+from bench.events import SOURCES, TYPES
 from worker.config import load_settings
 from worker.db import report_sql
 from worker.db.engine import Database
@@ -62,12 +63,6 @@ from worker.db.report_sql import LAG_SAMPLE_SIZE
 from worker.report import PERCENTILES, Report, Window, build_report, percentile
 
 RESULTS = Path(__file__).resolve().parent / "results" / "report.json"
-TYPES = [
-    f"com.example.{noun}.{verb}"
-    for noun in ("order", "cart", "user", "invoice", "shipment")
-    for verb in ("created", "updated", "deleted", "viewed")
-]
-SOURCES = [f"/shop/region-{n:02d}" for n in range(50)]
 SUBJECTS = [f"customer/{n:04d}" for n in range(1000)]
 REASONS = ["invalid", "invalid", "invalid", "too_large", "not_a_list"]
 
