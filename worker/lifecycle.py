@@ -10,6 +10,7 @@ the worker. ``on_job_start`` binds the job's identity into every log line the jo
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import structlog
@@ -84,6 +85,10 @@ async def on_startup(ctx: WorkerContext) -> None:
     )
     monitor.start()
     ctx["monitor"] = monitor
+    # Everything made so far (modules, the engine, settings) lives as long as the worker: move it out
+    # of the collector's sight. Decoding a batch makes many objects, and each collection otherwise
+    # walked all of these again (a sixth of a busy worker's time in a profile; 43-53 -> 36-42 us/event).
+    gc.freeze()
     log.info(
         "worker.started",
         worker_id=ctx["worker_id"],

@@ -88,18 +88,33 @@ def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not a JSON value")
 
 
-#: The stdlib decoder, not orjson: orjson reads an integer beyond 64 bits as a float, silently
-#: changing it (``18446744073709551616`` became ``1.8446744073709552e+19``). This one keeps
-#: integers exact, reads escaped lone surrogates, refuses ``NaN`` and ``Infinity`` (not JSON),
-#: and keeps numbers too large for a float as :class:`OutOfRangeNumber`. It costs about 1 µs
-#: more per event than orjson.
+#: The stdlib decoder, for what orjson gets wrong or refuses: orjson reads an integer beyond 64
+#: bits as a float, silently changing it (``18446744073709551616`` became ``1.8446744073709552e+19``).
+#: This one keeps integers exact, reads escaped lone surrogates, refuses ``NaN`` and ``Infinity``
+#: (not JSON), and keeps numbers too large for a float as :class:`OutOfRangeNumber`.
 _DECODER = json.JSONDecoder(parse_float=_parse_float, parse_constant=_refuse_constant)
 
 
+#: Every ASCII digit mapped to ``0``: a run of 19 zeros after :func:`bytes.translate` is 19 digits in a row.
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+#: The shortest digit run that may be an integer orjson changes (``-9223372036854775809``).
+_LONG_NUMBER = b"0" * 19
+
+
 def deserialize(data: bytes | str) -> Any:
-    """Decode JSON exactly: big integers stay integers; raises ``ValueError`` if it is not JSON."""
-    text = data if isinstance(data, str) else data.decode()
-    return _DECODER.decode(text)
+    """Decode JSON exactly: big integers stay integers; raises ``ValueError`` if it is not JSON.
+
+    orjson where it is exact (no run of 19 digits anywhere, which any integer beyond 64 bits
+    needs; it refuses ``1e400``, NaN and lone surrogates by itself), the stdlib :data:`_DECODER`
+    otherwise: orjson takes half the time, and the check costs about a third of what it saves.
+    """
+    raw = data.encode() if isinstance(data, str) else data
+    if _LONG_NUMBER not in raw.translate(_DIGITS_TO_ZERO):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return _DECODER.decode(raw.decode())
 
 
 def _job_problem(job: Any, known: Collection[str]) -> str | None:
