@@ -12,7 +12,14 @@ import orjson
 import pytest
 
 from worker.constants import INGEST_JOB, UNDECODABLE_JOB
-from worker.serialization import OutOfRangeNumber, deserialize, job_deserializer, serialize, undecodable_job
+from worker.serialization import (
+    OutOfRangeNumber,
+    deserialize,
+    job_deserializer,
+    may_hold_a_long_integer,
+    serialize,
+    undecodable_job,
+)
 
 KNOWN = frozenset({INGEST_JOB, UNDECODABLE_JOB})
 
@@ -232,3 +239,31 @@ def test_non_json_constants_make_a_job_undecodable(literal):
     job = job_deserializer(KNOWN)(raw)
     assert job["f"] == UNDECODABLE_JOB
     assert base64.b64decode(job["a"][0]) == raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "may"),
+    [
+        (b"12345678901234567890", True),
+        (b"[12345678901234567890]", True),
+        (b'{"a":-1234567890123456789}', True),
+        (b'{"a": 12345678901234567890}', True),
+        (b"[1,\n\t12345678901234567890]", True),
+        (b'{"trace":"00-00000000000000000000000000000001-0000000000000001-01"}', False),
+        (b'{"id":"1234567890123456789012"}', False),
+        (b"[1.1234567890123456789012]", False),
+        (b"[1e-1234567890123456789012]", False),
+        (b'["x", 123456789012345678]', False),  # 18 digits: orjson reads every one exactly
+    ],
+)
+def test_which_payloads_take_the_exact_decoder(raw, may):
+    """Only a run of 19+ digits where a JSON number can start sends a payload past orjson."""
+    assert may_hold_a_long_integer(raw) is may
+    assert deserialize(raw) == json.loads(raw)
+
+
+def test_long_digit_runs_in_strings_keep_big_integers_elsewhere_exact():
+    """A payload with both a digit run in a string and a big integer still reads the integer exactly."""
+    raw = b'{"trace": "00000000000000000000000000000001", "n": 18446744073709551616}'
+    assert deserialize(raw)["n"] == 18446744073709551616
+    assert type(deserialize(raw)["n"]) is int
