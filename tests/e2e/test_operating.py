@@ -228,6 +228,11 @@ async def test_metrics_status_and_health_answer_for_three_workers(env, settings_
     assert total(scrapes, "eventworker_db_pool_connections", state="size") == 3 * 5
     assert total(scrapes, "eventworker_worker_jobs_running") == 0
 
+    async def beaten() -> bool:  # heartbeats come every 2 s here: the jobs may all be done before the next
+        status = await gather_status(settings_of)
+        return sum(w.jobs_done.get("ok", 0) for w in status.workers) >= worked["jobs"] + 1
+
+    await eventually(beaten, "a heartbeat of each worker counting its jobs")
     shown, healthy, local = cli(env, ["status", "--json"], ["health"], ["check", "--local"])
     assert shown.returncode == 0, shown.stderr
     assert (healthy.returncode, healthy.stdout) == (0, "healthy\n"), healthy.stderr
