@@ -151,46 +151,47 @@ class CronStatus:
 # --- encoding (pure) -------------------------------------------------------------------------------
 
 
-def encode_beat(beat: WorkerBeat) -> bytes:
-    record = dataclasses.asdict(beat)
-    record["started_at"] = _seconds(beat.started_at)
-    record["last_heartbeat"] = _seconds(beat.last_heartbeat)
-    return orjson.dumps(record)
-
-
-def decode_beat(raw: bytes | str) -> WorkerBeat:
-    record = orjson.loads(raw)
-    record["started_at"] = _time(record["started_at"])
-    record["last_heartbeat"] = _time(record["last_heartbeat"])
-    return WorkerBeat(**record)
-
-
-def encode_running(run: RunningJob) -> bytes:
-    record = dataclasses.asdict(run)
-    record["started_at"] = _seconds(run.started_at)
-    record["deadline"] = _seconds(run.deadline)
-    return orjson.dumps(record)
-
-
-def decode_running(raw: bytes | str) -> RunningJob:
-    record = orjson.loads(raw)
-    record["started_at"] = _time(record["started_at"])
-    record["deadline"] = _time(record["deadline"])
-    return RunningJob(**record)
-
-
-def encode_cron(run: CronRun) -> bytes:
-    record = dataclasses.asdict(run)
-    for name in ("started_at", "finished_at"):
+def _encode(record_of: WorkerBeat | RunningJob | CronRun, times: tuple[str, ...]) -> bytes:
+    record = dataclasses.asdict(record_of)
+    for name in times:
         record[name] = _seconds(record[name])
     return orjson.dumps(record)
 
 
-def decode_cron(raw: bytes | str) -> CronRun:
-    record = orjson.loads(raw)
-    for name in ("started_at", "finished_at"):
+def _decode(raw: bytes | str, times: tuple[str, ...]) -> dict[str, Any]:
+    record: dict[str, Any] = orjson.loads(raw)
+    for name in times:
         record[name] = _time(record[name])
-    return CronRun(**record)
+    return record
+
+
+_BEAT_TIMES = ("started_at", "last_heartbeat")
+_RUNNING_TIMES = ("started_at", "deadline")
+_CRON_TIMES = ("started_at", "finished_at")
+
+
+def encode_beat(beat: WorkerBeat) -> bytes:
+    return _encode(beat, _BEAT_TIMES)
+
+
+def decode_beat(raw: bytes | str) -> WorkerBeat:
+    return WorkerBeat(**_decode(raw, _BEAT_TIMES))
+
+
+def encode_running(run: RunningJob) -> bytes:
+    return _encode(run, _RUNNING_TIMES)
+
+
+def decode_running(raw: bytes | str) -> RunningJob:
+    return RunningJob(**_decode(raw, _RUNNING_TIMES))
+
+
+def encode_cron(run: CronRun) -> bytes:
+    return _encode(run, _CRON_TIMES)
+
+
+def decode_cron(raw: bytes | str) -> CronRun:
+    return CronRun(**_decode(raw, _CRON_TIMES))
 
 
 def _text(value: bytes | str) -> str:
