@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from worker.db.statements import EVENT_COLUMNS
+
 TYPES = [
     f"com.example.{noun}.{verb}"
     for noun in ("order", "cart", "user", "invoice", "shipment")
@@ -30,22 +32,8 @@ TYPES = [
 ]
 SOURCES = [f"/shop/region-{n:02d}" for n in range(50)]
 CURRENCIES = ("EUR", "USD", "GBP", "CHF")
-#: Columns of :func:`stored_records`, the ``events`` columns an ingest writes.
-RECORD_COLUMNS = (
-    "source",
-    "event_id",
-    "type",
-    "specversion",
-    "time",
-    "subject",
-    "datacontenttype",
-    "dataschema",
-    "data",
-    "data_base64",
-    "extensions",
-    "received_at",
-    "job_id",
-)
+#: Columns of :func:`stored_records`: the ``events`` columns an ingest writes.
+RECORD_COLUMNS = EVENT_COLUMNS
 _START = datetime(2026, 5, 1, tzinfo=UTC)
 
 
