@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import in_progress_key_prefix
-from redis.asyncio.client import Pipeline
+from redis.asyncio.client import Pipeline, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -222,20 +222,8 @@ class ReconnectingPipeline(Pipeline):
         return str(args[1]), token
 
     async def _read_after_drop(self, key: str) -> Any:
-        """GET ``key`` on a connection of the pool, with the pool's retries."""
-        connection = await self.connection_pool.get_connection()
-        try:
-            return await connection.retry.call_with_retry(
-                lambda: self._get(connection, key), lambda _error: connection.disconnect()
-            )
-        finally:
-            await self.connection_pool.release(connection)
-
-    @staticmethod
-    async def _get(connection: Any, key: str) -> bytes | None:
-        await connection.send_command("GET", key)
-        value = await connection.read_response()
-        return value.encode() if isinstance(value, str) else value
+        """GET ``key`` through the pool, with its retries."""
+        return await Redis(connection_pool=self.connection_pool).get(key)
 
     async def _disconnect_raise_reset(self, conn: Any, error: Exception) -> None:
         self._dropped = True
