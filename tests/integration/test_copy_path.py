@@ -78,23 +78,29 @@ def _rows(source: str, n: int, big_numbers: bool) -> list[dict[str, Any]]:
     return [event_row(e, now, "job") for e in batch.events]
 
 
+@pytest.fixture
+def copied(monkeypatch) -> list[int]:
+    """The size of each batch that went through COPY."""
+    sizes: list[int] = []
+    original = statements._copy_events
+
+    async def spy(session, rows):
+        sizes.append(len(rows))
+        return await original(session, rows)
+
+    monkeypatch.setattr(statements, "_copy_events", spy)
+    return sizes
+
+
 @pytest.mark.parametrize("backend", ["asyncpg"])
 @pytest.mark.parametrize("big_numbers", [False, True], ids=["orjson", "stdlib-json"])
-async def test_copy_and_insert_paths_store_identical_rows(db, monkeypatch, big_numbers):
+async def test_copy_and_insert_paths_store_identical_rows(db, copied, big_numbers):
     """A large batch goes through COPY, and its rows equal the INSERT path's, column by column.
 
     Unicode, escapes, numbers at the edges of 64 bits (and beyond, which orjson refuses),
     nested and non-object data, JSON null data (SQL NULL), binary data_base64, extensions of
     each type, times with offsets and extra digits, and an event without a time.
     """
-    copied: list[int] = []
-    original = statements._copy_events
-
-    async def spy(session, rows):
-        copied.append(len(rows))
-        return await original(session, rows)
-
-    monkeypatch.setattr(statements, "_copy_events", spy)
     n = statements.COPY_THRESHOLD * 2
     async with db.transaction() as session:
         assert await statements.insert_events(session, _rows("/copy", n, big_numbers)) == n + 1
@@ -121,16 +127,8 @@ async def test_copy_and_insert_paths_store_identical_rows(db, monkeypatch, big_n
 
 
 @pytest.mark.parametrize("backend", ["asyncpg"])
-async def test_rows_of_several_jobs_take_the_insert_path_and_keep_their_own_columns(db, monkeypatch):
+async def test_rows_of_several_jobs_take_the_insert_path_and_keep_their_own_columns(db, copied):
     """COPY sends received_at and job_id once per batch; rows that differ in them are inserted row by row."""
-    copied: list[int] = []
-    original = statements._copy_events
-
-    async def spy(session, rows):
-        copied.append(len(rows))
-        return await original(session, rows)
-
-    monkeypatch.setattr(statements, "_copy_events", spy)
     n = statements.COPY_THRESHOLD * 2
     rows = _rows("/mixed", n, big_numbers=False)
     later = datetime(2026, 5, 6, 8, 0, tzinfo=UTC)
