@@ -4,17 +4,25 @@ One :class:`Metrics` per worker, made in ``on_startup`` with a registry of its o
 (nothing at import). Label values a producer controls (event source and type) are
 bounded: the first :data:`MAX_LABEL_VALUES` distinct values are kept, later ones
 count as ``other``, so a hostile producer cannot blow up the number of series.
+
+Events by outcome, source and type are counted on every ingest batch, so they skip
+prometheus_client's ``Counter`` (a lock and a child lookup per series and batch):
+:class:`_EventCounts` keeps plain counts, adds a batch under one lock and exports them at
+scrape time.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import metrics as prometheus_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -26,7 +34,13 @@ if TYPE_CHECKING:
 
 #: Distinct values kept per producer-controlled label before the rest become "other".
 MAX_LABEL_VALUES = 50
+#: Characters a label value keeps; longer values are cut.
+MAX_LABEL_LENGTH = 200
 OTHER = "other"
+#: Raw (source, type) pairs :class:`_EventCounts` remembers per outcome (when full it starts over), so
+#: endless new values from a producer cost label lookups, not memory. Only pairs of values no longer
+#: than :data:`MAX_LABEL_LENGTH` are remembered: about 2 MB per outcome when full of ASCII values.
+LABEL_MEMO_SIZE = 4096
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -39,13 +53,98 @@ class BoundedLabel:
         self._lock = threading.Lock()
 
     def __call__(self, value: str) -> str:
+        # Cut first: a long value kept while there was room stays kept, as its cut form was seen.
+        value = value[:MAX_LABEL_LENGTH]
         if value in self._seen:
             return value
         with self._lock:
             if len(self._seen) < self._limit:
-                self._seen.add(value[:200])
-                return value[:200]
+                self._seen.add(value)
+                return value
         return OTHER
+
+
+#: (source, type) of an event as read, either part ``None`` when it could not be read.
+RawPair = tuple[str | None, str | None]
+#: The label values of one series of ``eventworker_events_total``: (outcome, source, type).
+EventKey = tuple[str, str, str]
+
+
+class _Series:
+    """One series' count and when it was first counted (its ``_created`` sample)."""
+
+    __slots__ = ("created", "value")
+
+    def __init__(self, created: float) -> None:
+        self.value = 0
+        self.created = created
+
+
+class _EventCounts(Collector):
+    """``eventworker_events_total`` by outcome and bounded source and type, exported at scrape time.
+
+    Batches are counted on the worker's event loop and scraped from the HTTP server's thread; one
+    lock per batch (and per scrape, to copy the counts) keeps the two apart, so a scrape sees
+    whole batches. A raw pair's label values are decided once (a value keeps its label for good),
+    so each outcome remembers which series a raw pair counts in, up to :data:`LABEL_MEMO_SIZE`
+    pairs, and the common case makes no :class:`BoundedLabel` call.
+    """
+
+    name = "eventworker_events"
+    documentation = (
+        "Events by outcome (accepted, duplicate, rejected), source and type (bounded label values)."
+    )
+    labelnames = ("outcome", "source", "type")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._series: dict[EventKey, _Series] = {}
+        self._memo: dict[str, dict[RawPair, _Series]] = {}
+        self._source_label = BoundedLabel()
+        self._type_label = BoundedLabel()
+
+    def add(self, batch: Iterable[tuple[str, Iterable[RawPair]]]) -> None:
+        """Count each raw (source, type) under its outcome; new label values take slots in the order met.
+
+        One pass over the events, a memo lookup and an increment each: cheaper than grouping them
+        with a ``collections.Counter`` first, which hashes every event all the same.
+        """
+        with self._lock:
+            for outcome, pairs in batch:
+                memo = self._memo.setdefault(outcome, {})
+                remembered = memo.get
+                for pair in pairs:
+                    series = remembered(pair)
+                    if series is None:
+                        series = self._remember(outcome, pair, memo)
+                    series.value += 1
+
+    def _remember(self, outcome: str, pair: RawPair, memo: dict[RawPair, _Series]) -> _Series:
+        source, type_ = pair
+        key = (outcome, self._source_label(source or "unknown"), self._type_label(type_ or "unknown"))
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series(time.time())
+        if max(len(source or ""), len(type_ or "")) <= MAX_LABEL_LENGTH:
+            if len(memo) >= LABEL_MEMO_SIZE:
+                memo.clear()
+            memo[pair] = series
+        return series
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        """The family without samples, so the registry checks its names without a scrape."""
+        yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """A counter sample per series, with ``_created`` as prometheus_client's ``Counter`` has it."""
+        with self._lock:
+            snapshot = [(key, s.value, s.created) for key, s in self._series.items()]
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        # Honours PROMETHEUS_DISABLE_CREATED_SERIES / disable_created_metrics() as Counter does.
+        use_created = prometheus_metrics._use_created
+        for key, value, created in snapshot:
+            family.add_metric(key, float(value), created if use_created else None)
+        yield family
 
 
 #: Pool figures exported: (state label, Pool method). ``size`` is the configured pool size, ``idle``
@@ -103,12 +202,8 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
-        self.events = Counter(
-            "eventworker_events",
-            "Events by outcome (accepted, duplicate, rejected), source and type (bounded label values).",
-            ["outcome", "source", "type"],
-            registry=r,
-        )
+        self._events = _EventCounts()
+        r.register(self._events)
         self.dead_letters = Counter(
             "eventworker_dead_letters", "Dead letters kept, by reason.", ["reason"], registry=r
         )
@@ -146,22 +241,14 @@ class Metrics:
         )
         self._pool = _PoolCollector()
         r.register(self._pool)
-        self.source_label = BoundedLabel()
-        self.type_label = BoundedLabel()
 
     def watch_pool(self, pool: Pool) -> None:
         """Report this pool's size, checked-out and overflow connections."""
         self._pool.pool = pool
 
     def count_events(self, outcome: str, pairs: Iterable[tuple[str | None, str | None]]) -> None:
-        """Count events of one outcome by (source, type); unknown parts count as ``unknown``.
-
-        One ``labels()`` lookup per distinct pair, not per event (a batch repeats few pairs).
-        """
-        for (source, type_), count in collections.Counter(pairs).items():
-            self.events.labels(
-                outcome, self.source_label(source or "unknown"), self.type_label(type_ or "unknown")
-            ).inc(count)
+        """Count events of one outcome by (source, type); unknown parts count as ``unknown``."""
+        self._events.add([(outcome, pairs)])
 
     def count_ingest(
         self, series: Sequence[tuple[str, str]], accepted: int, duplicates: int, rejected: Iterable[Rejection]
@@ -174,13 +261,18 @@ class Metrics:
         The insert reports how many rows were new, not which: in a batch mixing new and
         repeated events the totals by outcome are exact and the split across series is not.
         """
-        self.count_events("accepted", series[:accepted])
         repeated = series[accepted:]
-        self.count_events("duplicate", repeated)
-        self.count_events("duplicate", [(None, None)] * max(0, duplicates - len(repeated)))
-        for rejection in rejected:
-            self.count_events("rejected", [(rejection.source, None)])
-            self.dead_letters.labels(rejection.reason).inc()
+        dropped = itertools.repeat((None, None), max(0, duplicates - len(repeated)))
+        rejections = list(rejected)
+        self._events.add(
+            [
+                ("accepted", series[:accepted]),
+                ("duplicate", itertools.chain(repeated, dropped)),
+                ("rejected", [(r.source, None) for r in rejections]),
+            ]
+        )
+        for reason, count in collections.Counter(r.reason for r in rejections).items():
+            self.dead_letters.labels(reason).inc(count)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:  # noqa: S104 - a container's port is published
         """Serve /metrics on ``host:port`` from a background thread; return the port (0 picks a free one)."""
