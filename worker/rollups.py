@@ -1,10 +1,10 @@
 """Rollups as pure logic: which bucket an event counts in, how rows become counts, how two tables differ.
 
-No I/O here. ``jobs.rollup`` streams event rows from :mod:`worker.db.rollup_sql` through
-:func:`count_events` and hands :func:`rollup_rows` back to it to upsert; the ``verify``
-command compares the table with a ``GROUP BY`` over events through :func:`differences`.
-Aggregating in Python keeps one code path for every database; memory grows with the
-number of distinct buckets a run touches, not with the number of rows it reads.
+No I/O here. ``jobs.rollup`` has the database count new events per bucket
+(:func:`worker.db.rollup_sql.count_range`, a ``GROUP BY`` giving what :func:`count_events`
+gives) and hands :func:`rollup_rows` back to it to upsert. :func:`count_events` is the
+reference: the ``verify`` command counts the events with it and compares the table through
+:func:`differences`, and the tests hold the SQL to it on every database.
 
 An event counts in the minute and the hour (UTC) of its own ``time``, or of
 ``received_at`` when it has none, so an event arriving late lands in the bucket it
@@ -73,6 +73,11 @@ def count_events(rows: Iterable[EventTimes], into: Counter[RollupKey] | None = N
         for seconds in BUCKET_SECONDS:
             counts[RollupKey(seconds, bucket_start(moment, seconds), type_, source)] += 1
     return counts
+
+
+def events_counted(counts: Mapping[RollupKey, int]) -> int:
+    """How many events ``counts`` holds: each is counted once per bucket size, so one size's sum."""
+    return sum(count for key, count in counts.items() if key.bucket_seconds == BUCKET_SECONDS[0])
 
 
 def rollup_rows(counts: Mapping[RollupKey, int]) -> list[dict[str, Any]]:

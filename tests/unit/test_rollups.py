@@ -18,6 +18,7 @@ from worker.rollups import (
     bucket_time,
     count_events,
     differences,
+    events_counted,
     rollup_rows,
     series,
     settle_seconds,
@@ -175,6 +176,23 @@ def test_count_events_adds_to_what_it_is_given():
     assert same is counts
     assert counts[RollupKey(60, M1, "t", "/s")] == 2
     assert counts[RollupKey(3600, H1, "t", "/s")] == 2
+
+
+@pytest.mark.parametrize(
+    ("rows", "events"),
+    [
+        ([], 0),
+        ([("t", "/s", T1, RECEIVED)], 1),
+        ([("t", "/s", T1, RECEIVED), ("t", "/s", T1_LATER_SAME_MINUTE, RECEIVED)], 2),
+        ([("t", "/s", T1, RECEIVED), ("u", "/r", T3_NEXT_HOUR, RECEIVED), ("t", "/s", None, RECEIVED)], 3),
+    ],
+    ids=["nothing", "one", "one-bucket", "buckets-apart"],
+)
+def test_events_counted(rows, events):
+    """Counts hold each event once per bucket size: the number of events is one size's sum."""
+    counts = count_events(rows)
+    assert sum(counts.values()) == events * len(BUCKET_SECONDS)
+    assert events_counted(counts) == events
 
 
 def test_rollup_rows_are_keyed_sorted_and_skip_zeros():

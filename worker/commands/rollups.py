@@ -64,7 +64,7 @@ def rebuild_command() -> None:
 
 @rollups_command.command("verify")
 def verify_command() -> None:
-    """Compare the rollups with a GROUP BY over the events they cover; exit 1 on any difference."""
+    """Compare the rollups with the events they cover, counted again; exit 1 on any difference."""
     from jobs.rollup import verify
 
     settings = settings_or_exit()

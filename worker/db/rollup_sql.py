@@ -1,8 +1,16 @@
-"""All SQL of the rollups: the checkpoint, which new events a run may read, the upsert, the check.
+"""All SQL of the rollups: the checkpoint, which new events a run may read, their counts, the upsert.
 
 ``jobs.rollup`` calls these in one transaction per run: :func:`lock_checkpoint`,
-:func:`safe_range`, :func:`stream_events`, :func:`upsert_rollups`, :func:`move_checkpoint`.
+:func:`safe_range`, :func:`count_range`, :func:`upsert_rollups`, :func:`move_checkpoint`.
 A crash anywhere before the commit leaves rollups and checkpoint as they were.
+
+Counting happens on the server: :func:`count_range` is a ``GROUP BY`` returning one row per
+(bucket size, bucket, type, source), so only the groups cross the wire, not the events. Its
+buckets are exactly :func:`worker.rollups.bucket_start`'s, for every storable time (years 1 to
+9999, before 1970, the last microsecond of a bucket; see :func:`_bucket_start_sql`), and types
+and sources are told apart byte for byte on every database. The check (``jobs.rollup.verify``)
+does not reuse that SQL: it reads the covered rows (:func:`covered_events`) and counts them
+with :func:`worker.rollups.count_events`, so the job and its check are independent code.
 
 Which rows are new, and where is it safe to read up to
 -------------------------------------------------------
@@ -51,6 +59,7 @@ never split, so a single ingest transaction larger than the limit is read whole.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -61,12 +70,15 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     CursorResult,
+    Select,
     Table,
     Text,
     delete,
     func,
+    literal_column,
     select,
     type_coerce,
+    union_all,
     update,
 )
 from sqlalchemy import cast as sql_cast
@@ -94,6 +106,11 @@ CHECKPOINTS: Table = Checkpoint.__table__  # type: ignore[assignment]
 _ISOLATION = {"postgresql": "REPEATABLE READ", "mysql": "REPEATABLE READ"}
 #: SQL names of the bucket sizes, for date_trunc and DATE_FORMAT.
 _PG_UNITS = {60: "minute", 3600: "hour"}
+#: asyncpg writes Python's first and last moments (0001-01-01 00:00 and 9999-12-31 23:59:59.999999
+#: UTC) as -infinity and infinity, and reads those back as the moments: buckets do the same. Text
+#: literals, not parameters, which asyncpg would turn into the infinities again.
+_PG_FIRST: Final[ColumnElement[Any]] = literal_column("timestamptz '0001-01-01 00:00:00+00'")
+_PG_LAST: Final[ColumnElement[Any]] = literal_column("timestamptz '9999-12-31 23:59:59.999999+00'")
 _MYSQL_FORMATS = {60: "%Y-%m-%d %H:%i:00", 3600: "%Y-%m-%d %H:00:00"}
 #: SQLite stores SQLAlchemy's ``YYYY-MM-DD HH:MM:SS.ffffff``: a bucket is a prefix plus zeros.
 _SQLITE_PREFIXES = {60: (16, ":00.000000"), 3600: (13, ":00:00.000000")}
@@ -222,24 +239,107 @@ def _in_range(dialect: str, read: ReadRange) -> tuple[ColumnElement[bool], Colum
     return EVENTS.c.seq > read.start, EVENTS.c.seq <= read.end
 
 
-async def stream_events(
-    session: AsyncSession, read: ReadRange, chunk_size: int
-) -> AsyncGenerator[Sequence[EventTimes]]:
-    """Yield (type, source, time, received_at) of the events in ``read``, ``chunk_size`` rows at a time.
+def _bucket_start_sql(dialect: str, moment: ColumnElement[Any], seconds: int) -> ColumnElement[datetime]:
+    """``moment`` cut to its bucket in SQL: :func:`worker.rollups.bucket_start`, exactly, for years 1 to 9999.
 
-    A server-side cursor: memory holds one chunk, whatever the range. MySQL's unbuffered
-    cursor keeps the connection busy until the last chunk, so no other statement may run
-    on this session before the iteration ends.
+    Calendar fields rather than arithmetic on seconds, so nothing is rounded or overflows:
+    PostgreSQL truncates the UTC wall time; MySQL formats the time without its seconds and
+    reads that back; SQLite stores SQLAlchemy's text (``YYYY-MM-DD HH:MM:SS.ffffff``, which
+    sorts and cuts like the time), so a bucket is a prefix of it. SQLite's date functions are
+    not used: they keep milliseconds only and give NULL from 9999-12-31 23:59:59.9995 on.
+    """
+    expression: ColumnElement[Any]
+    if dialect == "postgresql":
+        utc = func.timezone("UTC", func.greatest(func.least(moment, _PG_LAST), _PG_FIRST))
+        expression = func.timezone("UTC", func.date_trunc(_PG_UNITS[seconds], utc))
+    elif dialect == "mysql":
+        expression = sql_cast(func.date_format(moment, _MYSQL_FORMATS[seconds]), mysql.DATETIME(fsp=6))
+    elif dialect == "sqlite":
+        length, zeros = _SQLITE_PREFIXES[seconds]
+        expression = func.substr(moment, 1, length).concat(zeros)
+    else:
+        raise NotImplementedError(f"no bucket expression for dialect {dialect!r}")
+    return type_coerce(expression, UtcDateTime())
+
+
+def _exact_type_key(dialect: str) -> list[ColumnElement[Any]]:
+    """What else to group by so that types are told apart byte for byte.
+
+    MySQL compares ``type`` case-insensitively and without trailing spaces, which would merge
+    ``"a"``, ``"A"`` and ``"a "``; its bytes keep them apart (grouping by both gives the groups of
+    the bytes). ``source`` has a binary collation there, and the other databases compare bytes.
+    """
+    return [sql_cast(EVENTS.c.type, mysql.BINARY()).label("type_key")] if dialect == "mysql" else []
+
+
+def _grouped(dialect: str, read: ReadRange, seconds: int) -> Select[Any]:
+    """Counts of the events in ``read`` by (bucket, type, source), for one bucket size."""
+    moment = func.coalesce(EVENTS.c.time, EVENTS.c.received_at)
+    # A subquery whose every column is a key, so that GROUP BY names the bucket rather than
+    # repeating its expression (its bound parameters would make it another expression).
+    events = (
+        select(
+            _bucket_start_sql(dialect, moment, seconds).label("bucket_start"),
+            EVENTS.c.type,
+            EVENTS.c.source,
+            *_exact_type_key(dialect),
+        )
+        .where(*_in_range(dialect, read))
+        .subquery()
+    )
+    return select(
+        literal_column(str(int(seconds))).label("bucket_seconds"),
+        events.c.bucket_start,
+        events.c.type,
+        events.c.source,
+        func.count().label("count"),
+    ).group_by(*events.c)
+
+
+async def count_range(session: AsyncSession, read: ReadRange) -> Counter[RollupKey]:
+    """The events in ``read`` counted per bucket of every size in ``BUCKET_SECONDS``, by the database.
+
+    Gives what :func:`worker.rollups.count_events` gives for the same rows; memory and traffic
+    grow with the number of buckets, not of events.
+    """
+    dialect = _dialect(session)
+    statement = union_all(*(_grouped(dialect, read, seconds) for seconds in BUCKET_SECONDS))
+    counts: Counter[RollupKey] = Counter()
+    for seconds, start, type_, source, count in await session.execute(statement):
+        counts[RollupKey(int(seconds), start, type_, source)] += int(count)
+    return counts
+
+
+async def covered_events(
+    session: AsyncSession, up_to: int | None, page_size: int
+) -> AsyncGenerator[Sequence[EventTimes]]:
+    """Yield (type, source, time, received_at) of the events checkpoint ``up_to`` covers (None: all).
+
+    For the check, which counts them in Python. Pages of ``page_size`` rows in ``seq`` order, each
+    a statement of its own (keyset on ``seq``): memory holds one page on every driver (asyncmy's
+    cursor would buffer the whole table), and nothing stays open on the session between pages.
+    In the :func:`transaction` of the check all pages read one snapshot.
     """
     c = EVENTS.c
-    statement = (
-        select(c.type, c.source, c.time, c.received_at)
-        .where(*_in_range(_dialect(session), read))
-        .execution_options(yield_per=chunk_size)
-    )
-    result = await session.stream(statement)
-    async for chunk in result.partitions():
-        yield cast(Sequence[EventTimes], chunk)
+    covered: list[ColumnElement[bool]] = []
+    if up_to is not None:
+        covered.append(c.txid < up_to if _dialect(session) == "postgresql" else c.seq <= up_to)
+    after = 0  # seq starts at 1
+    while True:
+        page = (
+            await session.execute(
+                select(c.seq, c.type, c.source, c.time, c.received_at)
+                .where(*covered, c.seq > after)
+                .order_by(c.seq)
+                .limit(page_size)
+            )
+        ).all()
+        if not page:
+            return
+        yield [(type_, source, time, received_at) for _, type_, source, time, received_at in page]
+        if len(page) < page_size:
+            return
+        after = page[-1][0]
 
 
 async def upsert_rollups(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> int:
@@ -288,55 +388,3 @@ async def stored_rollups(session: AsyncSession) -> dict[RollupKey, int]:
     r = ROLLUPS.c
     rows = await session.execute(select(r.bucket_seconds, r.bucket_start, r.type, r.source, r.count))
     return {RollupKey(int(s), start, t, src): int(n) for s, start, t, src, n in rows}
-
-
-def _bucket_start_sql(dialect: str, moment: ColumnElement[Any], seconds: int) -> ColumnElement[datetime]:
-    """``moment`` cut to its bucket, in SQL: an independent check of :func:`worker.rollups.bucket_start`."""
-    expression: ColumnElement[Any]
-    if dialect == "postgresql":
-        utc = func.timezone("UTC", moment)
-        expression = func.timezone("UTC", func.date_trunc(_PG_UNITS[seconds], utc))
-    elif dialect == "mysql":
-        expression = sql_cast(func.date_format(moment, _MYSQL_FORMATS[seconds]), mysql.DATETIME(fsp=6))
-    elif dialect == "sqlite":
-        length, zeros = _SQLITE_PREFIXES[seconds]
-        expression = func.substr(moment, 1, length).concat(zeros)
-    else:
-        raise NotImplementedError(f"no bucket expression for dialect {dialect!r}")
-    return type_coerce(expression, UtcDateTime())
-
-
-def _exact(dialect: str, column: ColumnElement[str]) -> ColumnElement[Any]:
-    # MySQL compares ``type`` case-insensitively and without trailing spaces; rollups keep them apart.
-    return sql_cast(column, mysql.BINARY()) if dialect == "mysql" else column
-
-
-async def expected_rollups(session: AsyncSession, up_to: int | None) -> dict[RollupKey, int]:
-    """What the rollups should hold: a GROUP BY over the events the checkpoint ``up_to`` covers.
-
-    ``up_to`` None means every stored event. Buckets are computed in SQL, independently of
-    the Python code the runs use, so comparing the two checks both.
-    """
-    dialect = _dialect(session)
-    covered: list[ColumnElement[bool]] = []
-    if up_to is not None:
-        covered.append(EVENTS.c.txid < up_to if dialect == "postgresql" else EVENTS.c.seq <= up_to)
-    moment = func.coalesce(EVENTS.c.time, EVENTS.c.received_at)
-    expected: dict[RollupKey, int] = {}
-    for seconds in BUCKET_SECONDS:
-        events = (
-            select(
-                _bucket_start_sql(dialect, moment, seconds).label("bucket_start"),
-                _exact(dialect, EVENTS.c.type).label("type_key"),
-                EVENTS.c.type,
-                EVENTS.c.source,
-            )
-            .where(*covered)
-            .subquery()
-        )
-        grouped = select(
-            events.c.bucket_start, func.min(events.c.type), events.c.source, func.count()
-        ).group_by(events.c.bucket_start, events.c.type_key, events.c.source)
-        for start, type_, source, count in await session.execute(grouped):
-            expected[RollupKey(seconds, start, type_, source)] = int(count)
-    return expected
