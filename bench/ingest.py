@@ -13,7 +13,7 @@ commit) minus the moment its enqueue began, counted once per event. Time an even
 the producer's buffer before that (up to 50 ms) is the application's, not counted.
 
 **The job alone** (:func:`job_parts`): in this process, no Redis: each part of ``ingest_events``
-timed per batch (decode the job's JSON, validate, build rows, open the transaction, insert the
+timed per batch (read the job, validate and build rows, dead-letter rows, open the transaction, insert the
 events, keep the dead letters, commit), then the whole job, beside COPY of the batch's rows.
 """
 
@@ -279,8 +279,8 @@ async def _timed_job(db: Any, settings: Any, job: bytes, job_id: str) -> dict[st
     """One batch through the ingest job's steps, each timed: (wall, this process's CPU) in milliseconds."""
     from worker.constants import INGEST_JOB
     from worker.db import statements
-    from worker.events import event_row, validate_batch
     from worker.serialization import job_deserializer
+    from worker.wire import batch_rows
 
     times: dict[str, tuple[float, float]] = {}
     clock, cpu = time.perf_counter(), time.process_time()
@@ -292,13 +292,13 @@ async def _timed_job(db: Any, settings: Any, job: bytes, job_id: str) -> dict[st
         clock, cpu = now, cpu_now
 
     events = job_deserializer({INGEST_JOB})(job)["a"][0]
-    lap("decode job JSON")
-    batch = validate_batch(events, settings.max_event_bytes)
-    lap("validate + in-batch dedup")
+    lap("read the job (its events stay JSON text)")
     now = datetime.now(UTC)
-    rows = [event_row(event, now, job_id) for event in batch.events]
+    batch = batch_rows(events, settings.max_event_bytes, now, job_id)
+    rows = batch.rows
+    lap("validate, dedup in the batch, build rows")
     dead = [statements.dead_letter_row(r, r.position, job_id, INGEST_JOB, now) for r in batch.rejected]
-    lap("build rows")
+    lap("dead-letter rows")
     async with db.transaction(INGEST_JOB) as session:
         await session.connection()
         lap("open transaction")

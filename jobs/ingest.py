@@ -17,10 +17,10 @@ from jobs.handlers import enqueue_run_handlers
 from worker.constants import INGEST_JOB
 from worker.context import WorkerContext
 from worker.db import handler_sql, statements
-from worker.events import event_row, validate_batch
 from worker.handlers import configured_registry
 from worker.jobrunner import job
 from worker.logging import get_logger
+from worker.wire import batch_rows
 
 log = get_logger("eventworker.ingest")
 
@@ -37,10 +37,10 @@ class IngestResult(TypedDict):
 async def ingest_events(ctx: WorkerContext, events: Any) -> IngestResult:
     """Store ``events`` (a list of CloudEvents as JSON objects); return the counts."""
     started = time.perf_counter()
-    batch = validate_batch(events, ctx["settings"].max_event_bytes)
-    validated = time.perf_counter()
     now, job_id = datetime.now(UTC), ctx.get("job_id")
-    rows = [event_row(event, now, job_id) for event in batch.events]
+    batch = batch_rows(events, ctx["settings"].max_event_bytes, now, job_id)
+    validated = time.perf_counter()
+    rows = batch.rows
     dead = [statements.dead_letter_row(r, r.position, job_id, INGEST_JOB, now) for r in batch.rejected]
     handlers_by_type = configured_registry(ctx["settings"]).names_by_type()
     async with ctx["db"].transaction(INGEST_JOB) as session:

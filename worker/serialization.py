@@ -17,9 +17,10 @@ from collections.abc import Callable, Collection
 from datetime import date, datetime
 from typing import Any, NoReturn
 
+import msgspec
 import orjson
 
-from worker.constants import UNDECODABLE_JOB
+from worker.constants import INGEST_JOB, UNDECODABLE_JOB
 
 #: How much of a job's arguments arq keeps in its per-job log line (``arq.utils.truncate``).
 ARQ_LOG_CHARS = 80
@@ -28,6 +29,8 @@ ARQ_LOG_CHARS = 80
 def _default(value: Any) -> Any:
     if isinstance(value, OutOfRangeNumber):  # as it came: a JSON number
         return orjson.Fragment(value.text)
+    if isinstance(value, RawJson):  # JSON text already
+        return orjson.Fragment(bytes(value))
     if isinstance(value, BaseException):
         return {"error": type(value).__name__, "message": str(value)}
     if isinstance(value, bytes | bytearray | memoryview):
@@ -53,6 +56,8 @@ def serialize(value: Any) -> bytes:
 
 
 def _stdlib_default(value: Any) -> Any:
+    if isinstance(value, RawJson):
+        return deserialize(value)
     return value.text if isinstance(value, OutOfRangeNumber) else _default(value)
 
 
@@ -192,10 +197,72 @@ class JsonList(list[Any]):
         return text + "]"
 
 
+class RawJson(bytes):
+    """JSON text handed over undecoded: an ingest job's events (see :mod:`worker.wire`), or one's ``data``.
+
+    The worker's deserializer makes one only of valid UTF-8 that msgspec read as JSON holding no
+    lone surrogate. Serialized (a failed job's record, a result), it is written as the JSON it is.
+    Its repr, which arq puts in its per-job log line, is the start of the text.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return self[: 4 * ARQ_LOG_CHARS + 1].decode("utf-8", "replace")
+
+
+class _Job(msgspec.Struct):
+    """An arq job record, its arguments left as JSON text."""
+
+    f: str
+    a: list[msgspec.Raw]
+    k: dict[str, msgspec.Raw]
+    t: int | None
+    et: int
+
+
+_JOB = msgspec.json.Decoder(_Job)
+
+
+def _ingest_job(data: bytes, known_jobs: Collection[str]) -> dict[str, Any] | None:
+    """An ingest job of one list with its events as :class:`RawJson`; None for any other job.
+
+    msgspec reads the record and skips over the events checking their syntax, a tenth of what
+    decoding them costs; anything it refuses, or any other shape, is left to the decoding path.
+    """
+    try:
+        job = _JOB.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    if job.f != INGEST_JOB or INGEST_JOB not in known_jobs or len(job.a) != 1 or job.k:
+        return None
+    events = bytes(job.a[0])
+    if not events.startswith(b"[") or not _utf8(data):
+        return None
+    return {"f": job.f, "a": [RawJson(events)], "k": {}, "t": job.t, "et": job.et}
+
+
+def _utf8(data: bytes) -> bool:
+    """Whether ``data`` is valid UTF-8 (msgspec does not look inside what it skips)."""
+    if data.isascii():
+        return True
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def job_deserializer(known_jobs: Collection[str]) -> Callable[[bytes], dict[str, Any]]:
-    """arq ``job_deserializer`` for a worker with ``known_jobs``: never raises, never unpickles."""
+    """arq ``job_deserializer`` for a worker with ``known_jobs``: never raises, never unpickles.
+
+    An ingest job's events come as :class:`RawJson`; other list arguments as :class:`JsonList`.
+    """
 
     def deserialize_job(data: bytes) -> dict[str, Any]:
+        ingest = _ingest_job(data, known_jobs)
+        if ingest is not None:
+            return ingest
         try:
             job = deserialize(data)
         except (ValueError, RecursionError) as exc:

@@ -1,8 +1,9 @@
-"""validate_batch's fast path gives exactly what validate_one gives, input by input, only faster."""
+"""The fast paths (validate_batch's, worker.wire's) give exactly what validate_one gives, input by input."""
 
 from __future__ import annotations
 
 import enum
+import json
 import math
 import uuid
 from datetime import UTC, datetime
@@ -14,9 +15,10 @@ from arq.utils import args_to_string
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from worker import events
+from worker import events, wire
 from worker.events import CloudEvent, Rejection, validate_batch, validate_one
-from worker.serialization import JsonList, job_deserializer, serialize
+from worker.serialization import JsonList, RawJson, deserialize, job_deserializer, serialize
+from worker.wire import Rows, batch_rows
 
 LIMIT = 2_000
 
@@ -137,10 +139,9 @@ def test_whole_batch_matches_validate_one():
 
 
 def test_decoded_job_argument_matches_validate_one():
-    """A list the worker's deserializer decoded takes the decoded fast path, with the same result."""
+    """A list decoded from a job's JSON (a JsonList) takes the decoded fast path, with the same result."""
     values = [v for v in INPUTS if _json_ready(v)]
-    job = serialize({"t": 1, "f": "ingest_events", "a": [values], "k": {}, "et": 0})
-    decoded = job_deserializer({"ingest_events"})(job)["a"][0]
+    decoded = _decoded(values)
     assert type(decoded) is JsonList
     batch = validate_batch(decoded, LIMIT)
     assert ([outcome(e) for e in batch.events], [outcome(r) for r in batch.rejected]) == slow(
@@ -191,9 +192,13 @@ def test_fast_path_matches_validate_one_on_generated_inputs(values):
 
 
 def _decoded(values: list[Any]) -> Any:
-    """``values`` as the worker gets them: through a job's JSON and the worker's deserializer."""
-    job = serialize({"t": 1, "f": "ingest_events", "a": [values], "k": {}, "et": 0})
-    return job_deserializer({"ingest_events"})(job)["a"][0]
+    """``values`` through a job's JSON, decoded as the worker decodes a job's list argument.
+
+    (An ingest job's events reach the job undecodable as RawJson, see test_wire.py; when
+    :mod:`worker.wire` cannot split them, it decodes them to this.)
+    """
+    job = serialize({"t": 1, "f": "run_handlers", "a": [values], "k": {}, "et": 0})
+    return job_deserializer({"run_handlers"})(job)["a"][0]
 
 
 @settings(max_examples=300, deadline=None)
@@ -284,3 +289,173 @@ def test_copy_records_put_json_last_as_bytes_in_either_encoder():
     # orjson refuses an integer past 64 bits: the whole batch is encoded again with the stdlib
     big = [*rows, plain | {"data": 2**70, "extensions": None}]
     assert _records(big) == [*_records(rows), (*expected_plain, b"1180591620717411303424", None)]
+
+
+# -- the ingest job's fast path from the job's text (worker.wire) -------------------------------
+
+KNOWN = frozenset({"ingest_events"})
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def _job(events_text: bytes) -> bytes:
+    return b'{"f":"ingest_events","a":[' + events_text + b'],"k":{},"t":1,"et":0}'
+
+
+def _rows_both_ways(events_text: bytes) -> tuple[Any, Any] | None:
+    """batch_rows of what the worker's deserializer hands over and of the decoded path; None: undecodable."""
+    job = _job(events_text)
+    try:
+        decoded = deserialize(job)["a"][0]
+    except (ValueError, RecursionError):  # as the worker's deserializer takes them
+        assert job_deserializer(KNOWN)(job)["f"] != "ingest_events"
+        return None
+    handed = job_deserializer(KNOWN)(job)["a"][0]
+    reference = JsonList(decoded) if type(decoded) is list else decoded
+    return batch_rows(handed, LIMIT, NOW, "job-1"), batch_rows(reference, LIMIT, NOW, "job-1")
+
+
+def _same(got: Rows, expected: Rows) -> None:
+    # serialize tells 1 from 1.0 and True from 1, which == does not
+    assert serialize(got.rows) == serialize(expected.rows)
+    assert got.rows == expected.rows
+    assert got.rejected == expected.rejected
+    assert got.duplicates == expected.duplicates
+
+
+def _encodings(values: list[Any]) -> list[bytes]:
+    """The same list as different producers write it."""
+    return [
+        serialize(values),
+        json.dumps(values, ensure_ascii=True).encode(),
+        json.dumps(values, ensure_ascii=False, indent=1).encode(),
+    ]
+
+
+@pytest.mark.parametrize("value", [v for v in INPUTS if _json_ready(v)], ids=str)
+def test_wire_path_matches_the_decoding_path(value):
+    """Each input of INPUTS, as three encoders write it, gives the same rows and rejections from its text."""
+    for text in _encodings([value, value]):
+        both = _rows_both_ways(text)
+        assert both is not None
+        _same(*both)
+
+
+_EVENT = '"specversion":"1.0","id":"e-1","source":"/s","type":"t"'
+RAW_INPUTS = [
+    # numbers whose text the decoding path changes, or no double holds
+    f'{{{_EVENT},"data":{{"p":1.50,"q":1E2,"r":-0,"s":0.1000000000000000055511151231257827}}}}',
+    f'{{{_EVENT},"data":{{"s":1e400}}}}',
+    f'{{{_EVENT},"data":-1e-400}}',
+    f'{{{_EVENT},"data":{{"big":123456789012345678901234567890,"neg":-9223372036854775809}}}}',
+    f'{{{_EVENT},"n":123456789012345678901234567890}}',
+    f'{{{_EVENT},"rate":0.1,"big":1e308,"tiny":5e-324,"over":1e309}}',
+    f'{{{_EVENT},"rate":1E2}}',
+    # repeated keys: the last wins, as in a decoded object
+    f'{{{_EVENT},"id":"e-2","data":1,"data":{{"a":1,"a":2}}}}',
+    f'{{{_EVENT},"x1":"a","x1":"b"}}',
+    # escapes
+    f'{{{_EVENT},"subject":"caf\\u00e9 \\/ \\ud83d\\ude00 \\" \\\\ \\n"}}',
+    f'{{{_EVENT},"data":"\\u0000"}}',
+    f'{{{_EVENT},"data":"\\\\u0000 is text"}}',
+    '{"specversion":"1.0","id":"e-\\u0000","source":"/s","type":"t"}',
+    f'{{{_EVENT},"ext\\u0000":"x"}}',
+    f'{{{_EVENT},"x":"\\u0000"}}',
+    # extensions of every kind
+    f'{{{_EVENT},"traceparent":"00-1-2-01","sampled":true,"n":7,"r":2.5}}',
+    f'{{{_EVENT},"x":null}}',
+    f'{{{_EVENT},"x":{{}}}}',
+    f'{{{_EVENT},"x":[1]}}',
+    f'{{{_EVENT},"Upper":"x"}}',
+    f'{{{_EVENT},"with_underscore":"x"}}',
+    f'{{{_EVENT},"":"x"}}',
+    # times
+    f'{{{_EVENT},"time":"2026-01-02T03:04:05.1234567Z"}}',
+    f'{{{_EVENT},"time":"2026-01-02t03:04:05z"}}',
+    f'{{{_EVENT},"time":"2026-01-02 03:04:05+05:30"}}',
+    f'{{{_EVENT},"time":"0001-01-01T00:00:00+01:00"}}',
+    f'{{{_EVENT},"time":"9999-12-31T23:59:59-01:00"}}',
+    f'{{{_EVENT},"time":"2026-13-01T00:00:00Z"}}',
+    f'{{{_EVENT},"time":"2026-01-02T03:04:05"}}',
+    f'{{{_EVENT},"time":"1714559400"}}',
+    f'{{{_EVENT},"time":1714559400}}',
+    f'{{{_EVENT},"time":null,"subject":null,"dataschema":null}}',
+    # data and data_base64
+    f'{{{_EVENT},"data":null,"data_base64":"AAE="}}',
+    f'{{{_EVENT},"data":{{}},"data_base64":"AAE="}}',
+    f'{{{_EVENT},"data":"x","data_base64":null}}',
+    # attribute types and lengths
+    '{"specversion":"1.0 ","id":"e","source":"/s","type":"t"}',
+    '{"specversion":"1.0","id":"","source":"/s","type":"t"}',
+    '{"specversion":"1.0","id":1,"source":"/s","type":"t"}',
+    '{"specversion":"1.0","id":"e","source":"/s","type":"t","subject":' + json.dumps("s" * 1025) + "}",
+    '{"specversion":"1.0","id":' + json.dumps("😀" * 255) + ',"source":"/s","type":"t"}',
+    '{"specversion":"1.0","id":' + json.dumps("😀" * 256) + ',"source":"/s","type":"t"}',
+    '{"specversion":"1.0","source":"/s","type":"t"}',
+    # sizes: near the limit (LIMIT is small here), past it
+    f'{{{_EVENT},"data":' + json.dumps("x" * (LIMIT // 5)) + "}",
+    f'{{{_EVENT},"data":' + json.dumps("x" * (LIMIT - 100)) + "}",
+    f'{{{_EVENT},"data":' + json.dumps("x" * LIMIT) + "}",
+    # not events
+    "1",
+    '"x"',
+    "null",
+    "[]",
+    "true",
+    "{}",
+]
+
+
+@pytest.mark.parametrize("text", RAW_INPUTS)
+def test_wire_path_matches_the_decoding_path_on_odd_json(text):
+    """JSON no Python encoder writes (odd numbers, repeated keys, escapes): the same rows and rejections."""
+    for events_text in (f"[{text}]", f"[ {text} , {text} ]", f"[{_EVENT.join('{}')},{text}]"):
+        both = _rows_both_ways(events_text.encode())
+        if both is not None:
+            _same(*both)
+
+
+@pytest.mark.parametrize(
+    "events_text",
+    [b"{}", b'"not a list"', b"[]", b'[{"x":"\\ud800"}]', b"[" * 200 + b"1" + b"]" * 200],
+)
+def test_wire_path_matches_the_decoding_path_on_whole_batches(events_text):
+    """An argument that is not a list, an empty list, a lone surrogate, deep nesting: as the decoding path."""
+    both = _rows_both_ways(events_text)
+    assert both is not None
+    _same(*both)
+
+
+@pytest.mark.parametrize("depth", [600, 1100, 5000, 100_000])
+def test_deeply_nested_events_do_not_break_the_deserializer(depth):
+    """Nesting past what the decoders take: the job is undecodable, or its events rejected, as before."""
+    text = b"[" + b'{"a":' * depth + b"1" + b"}" * depth + b"]"
+    both = _rows_both_ways(text)
+    if both is not None:
+        _same(*both)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(raw_events | json_values, max_size=6), st.integers(0, 2))
+def test_wire_path_matches_the_decoding_path_on_generated_inputs(values, encoding):
+    """Generated inputs, written by one of three encoders: the same rows and rejections from their text."""
+    assume(_json_ready(values))
+    both = _rows_both_ways(_encodings(values)[encoding])
+    if both is not None:
+        _same(*both)
+
+
+def test_valid_events_take_the_wire_path(monkeypatch):
+    """Ordinary valid events, with and without extensions, never reach validate_one from the job's text."""
+    calls: list[Any] = []
+    monkeypatch.setattr(wire, "validate_one", lambda *a: calls.append(a) or validate_one(*a))
+    values = [
+        event(id=f"e-{n}", **({"traceparent": "t", "n": n, "r": 0.5} if n % 2 else {})) for n in range(50)
+    ]
+    values.append(event(id="floats", data={"price": 19.99, "rate": 1e-3, "list": [1.5, 2]}))
+    values.append(event(id="long", data={"n": 10**18 - 1, "trace": "1234567890123456789012"}))
+    for text in _encodings(values):
+        handed = job_deserializer(KNOWN)(_job(text))["a"][0]
+        assert type(handed) is RawJson
+        rows = batch_rows(handed, LIMIT, NOW, "job-1")
+        assert (len(rows.rows), rows.rejected, rows.duplicates) == (len(values), [], 0)
+    assert calls == []

@@ -14,6 +14,7 @@ import pytest
 from worker.constants import INGEST_JOB, UNDECODABLE_JOB
 from worker.serialization import (
     OutOfRangeNumber,
+    RawJson,
     deserialize,
     job_deserializer,
     may_hold_a_long_integer,
@@ -164,9 +165,66 @@ def test_job_deserializer_never_unpickles():
     ],
 )
 def test_job_deserializer_passes_valid_jobs_through(job):
-    """A well-formed job for a known function comes out exactly as it went in."""
-    assert job_deserializer(KNOWN)(orjson.dumps(job)) == job
-    assert job_deserializer(KNOWN)(serialize(job)) == job
+    """A well-formed job for a known function comes out as it went in (an ingest job's events as JSON)."""
+    for data in (orjson.dumps(job), serialize(job)):
+        out = job_deserializer(KNOWN)(data)
+        assert {**out, "a": [_decoded(a) for a in out["a"]]} == job
+
+
+def _decoded(argument):
+    return deserialize(argument) if isinstance(argument, RawJson) else argument
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"f":"ingest_events","a":[[{"id":"1"}]],"k":{},"t":null,"et":1}',
+        b' { "t" : 2 , "et" : 1 , "f" : "ingest_events" , "k" : { } , "a" : [ [ 1 , {"x": [] } ] ] } ',
+        b'{"f":"ingest_events","a":[[]],"k":{},"t":1,"et":1,"extra":"ignored, as arq ignores it"}',
+        (
+            '{"f":"ingest_events","a":[["é", "\\u00e9", 1e400, 123456789012345678901234567890]],'
+            '"k":{},"t":1,"et":1}'
+        ).encode(),
+    ],
+)
+def test_an_ingest_jobs_events_come_as_their_json_text(data):
+    """An ingest job of one list hands the job its events undecoded: their exact text, read back as before."""
+    job = job_deserializer(KNOWN)(data)
+    events = job["a"][0]
+    assert type(events) is RawJson
+    assert deserialize(events) == deserialize(data)["a"][0]
+    assert {k: job[k] for k in ("f", "k", "t", "et")} == {
+        k: deserialize(data)[k] for k in ("f", "k", "t", "et")
+    }
+    assert repr(events) == events.decode()[:321]  # arq's log line shows the start of the text
+    # serialized again (a failed job's record), it is the JSON it is, not bytes
+    assert deserialize(serialize({"args": [events]}))["args"][0] == deserialize(events)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"f":"ingest_events","a":[[1]],"k":{},"t":true,"et":1}',  # arq compares t as a number
+        b'{"f":"ingest_events","a":[[1]],"k":{},"t":1,"et":1.5}',
+        b'{"f":"ingest_events","a":[[1]],"k":{"x":1},"t":1,"et":1}',
+        b'{"f":"ingest_events","a":[[1],[2]],"k":{},"t":1,"et":1}',
+        b'{"f":"ingest_events","a":[{"not":"a list"}],"k":{},"t":1,"et":1}',
+        rb'{"f":"ingest_events","a":[["\\ud800 \ud800"]],"k":{},"t":1,"et":1}',  # a lone surrogate
+        b'{"f":"ingest_events","a":[["\xff"]],"k":{},"t":1,"et":1}',  # not UTF-8
+        b'{"f":"ingest_events","a":[[NaN]],"k":{},"t":1,"et":1}',
+        b'{"f":"run_handlers","a":[[1]],"k":{},"t":1,"et":1}',
+    ],
+)
+def test_any_other_job_is_decoded_as_before(data):
+    """Anything but an ingest job of one list of valid JSON text is decoded whole, as before RawJson was."""
+    job = job_deserializer(KNOWN | {"run_handlers"})(data)
+    assert not any(isinstance(a, RawJson) for a in job["a"])
+    try:
+        expected = deserialize(data)
+    except ValueError:
+        assert job["f"] == UNDECODABLE_JOB
+    else:
+        assert job["a"] == expected["a"] or job["f"] == UNDECODABLE_JOB
 
 
 def test_job_deserializer_reads_lone_surrogate_escapes():
