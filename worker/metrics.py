@@ -37,6 +37,7 @@ MAX_LABEL_VALUES = 50
 #: Characters a label value keeps; longer values are cut.
 MAX_LABEL_LENGTH = 200
 OTHER = "other"
+UNKNOWN = "unknown"
 #: Raw (source, type) pairs :class:`_EventCounts` remembers per outcome (when full it starts over), so
 #: endless new values from a producer cost label lookups, not memory. Only pairs of values no longer
 #: than :data:`MAX_LABEL_LENGTH` are remembered: about 2 MB per outcome when full of ASCII values.
@@ -121,7 +122,12 @@ class _EventCounts(Collector):
 
     def _remember(self, outcome: str, pair: RawPair, memo: dict[RawPair, _Series]) -> _Series:
         source, type_ = pair
-        key = (outcome, self._source_label(source or "unknown"), self._type_label(type_ or "unknown"))
+        # "unknown" (a part that could not be read) takes none of the label's slots: it is always itself.
+        key = (
+            outcome,
+            self._source_label(source) if source else UNKNOWN,
+            self._type_label(type_) if type_ else UNKNOWN,
+        )
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = _Series(time.time())

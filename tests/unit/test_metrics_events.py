@@ -28,7 +28,7 @@ HELP = "Events by outcome (accepted, duplicate, rejected), source and type (boun
 
 
 class CounterReference:
-    """What ``Metrics`` counted with before: a prometheus_client ``Counter``, a ``labels().inc`` per pair."""
+    """``Metrics`` counted the same way: a prometheus_client ``Counter``, a ``labels().inc`` per pair."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -41,8 +41,10 @@ class CounterReference:
 
     def count_events(self, outcome, pairs):
         for (source, type_), count in collections.Counter(pairs).items():
-            self.events.labels(
-                outcome, self.source_label(source or "unknown"), self.type_label(type_ or "unknown")
+            self.events.labels(  # "unknown" takes no slot of the bounded labels
+                outcome,
+                self.source_label(source) if source else "unknown",
+                self.type_label(type_) if type_ else "unknown",
             ).inc(count)
 
     def count_ingest(self, series, accepted, duplicates, rejected):
@@ -209,3 +211,14 @@ def test_scraping_from_another_thread_while_counting_never_fails_and_sees_whole_
     assert all(total % 101 == 0 for total in totals), "a scrape saw part of a batch"
     assert totals == sorted(totals)
     assert sum(events_total(metrics).values()) == 400 * 101
+
+
+def test_unknown_stays_unknown_once_the_labels_are_full() -> None:
+    """An unreadable source or type counts as ``unknown`` also after 50 real values filled the label."""
+    metrics = Metrics()
+    metrics.count_events("accepted", [(f"/s-{n}", f"t-{n}") for n in range(60)])
+    metrics.count_events("rejected", [(None, None), ("/s-0", None)])
+    text = generate_latest(metrics.registry).decode()
+    assert 'eventworker_events_total{outcome="rejected",source="unknown",type="unknown"} 1.0' in text
+    assert 'eventworker_events_total{outcome="rejected",source="/s-0",type="unknown"} 1.0' in text
+    assert 'eventworker_events_total{outcome="accepted",source="other",type="other"} 10.0' in text
