@@ -316,6 +316,7 @@ async def job_parts(db: BenchDatabase, options: IngestOptions, batches_n: int = 
     from worker.config import load_settings
     from worker.constants import INGEST_JOB
     from worker.db.engine import Database
+    from worker.lifecycle import settle_collector
     from worker.logging import configure_logging
     from worker.serialization import job_deserializer, serialize
 
@@ -328,6 +329,7 @@ async def job_parts(db: BenchDatabase, options: IngestOptions, batches_n: int = 
     settings = load_settings(database_url=db.url, log_level="WARNING")
     configure_logging(settings.log_level, "json", settings.secrets())
     database = Database.from_settings(settings)
+    settle_collector()  # as a worker does once started
     parts: list[dict[str, tuple[float, float]]] = []
     whole: list[float] = []
     try:
