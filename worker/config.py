@@ -193,7 +193,8 @@ class Settings(BaseSettings):
         1_048_576, description="Largest accepted event, as JSON; larger ones become dead letters."
     )
     export_chunk_size: PositiveInt = Field(
-        10_000, description="Rows fetched per round trip when streaming the events table (exports, rebuilds)."
+        10_000,
+        description="Rows fetched per round trip when streaming events out (exports, retention's export).",
     )
     export_dir: str = Field(
         "exports", description="Directory export jobs write to when given a bare file name."

@@ -213,12 +213,27 @@ class Rejection:
 
 
 @dataclass(slots=True)
-class Batch:
+class FirstOfEach:
+    """Which identities a batch has kept, and how many of its inputs repeated one (in-batch duplicates)."""
+
+    duplicates: int = 0
+    _kept: set[tuple[str, str]] = field(default_factory=set, init=False, repr=False, compare=False)
+
+    def first(self, source: str, event_id: str) -> bool:
+        """Whether ``(source, event_id)`` is new to the batch; if not, count the input as a duplicate."""
+        if (source, event_id) in self._kept:
+            self.duplicates += 1
+            return False
+        self._kept.add((source, event_id))
+        return True
+
+
+@dataclass(slots=True)
+class Batch(FirstOfEach):
     """A validated batch: storable events (first of each identity), rejections, in-batch duplicates."""
 
     events: list[CloudEvent] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
-    duplicates: int = 0
 
 
 def _errors(exc: ValidationError) -> list[dict[str, Any]]:
@@ -391,17 +406,13 @@ def validate_batch(payload: Any, max_event_bytes: int) -> Batch:
     decoded = type(payload) is JsonList
     screened = _screen_batch(payload, max_event_bytes, decoded)
     fast = iter(_FAST.validate_python([value for value, ok in zip(payload, screened, strict=True) if ok]))
-    seen: set[tuple[str, str]] = set()
     for position, (value, ok) in enumerate(zip(payload, screened, strict=True)):
         outcome = next(fast) if ok else None
         if not isinstance(outcome, CloudEvent):
             outcome = validate_one(value, max_event_bytes, position)
         if isinstance(outcome, Rejection):
             batch.rejected.append(outcome)
-        elif (outcome.source, outcome.id) in seen:
-            batch.duplicates += 1
-        else:
-            seen.add((outcome.source, outcome.id))
+        elif batch.first(outcome.source, outcome.id):
             batch.events.append(outcome)
     return batch
 

@@ -28,6 +28,7 @@ from worker.events import (
     _EDGE_YEARS,
     _EXTENSION_NAME,
     _FIELDS,
+    FirstOfEach,
     Rejection,
     event_row,
     validate_batch,
@@ -83,12 +84,11 @@ _TIMES = SchemaValidator(
 
 
 @dataclass(slots=True)
-class Rows:
+class Rows(FirstOfEach):
     """A batch made into ``events`` rows (first of each identity), rejections and in-batch duplicates."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
-    duplicates: int = 0
 
 
 def batch_rows(payload: Any, max_event_bytes: int, received_at: datetime, job_id: str | None) -> Rows:
@@ -98,14 +98,13 @@ def batch_rows(payload: Any, max_event_bytes: int, received_at: datetime, job_id
     value (a direct call, a test) goes through :func:`worker.events.validate_batch`.
     """
     if isinstance(payload, RawJson):
-        rows = _raw_rows(payload, max_event_bytes, received_at, job_id)
-        if rows is not None:
-            return rows
+        made = _raw_rows(payload, max_event_bytes, received_at, job_id)
+        if made is not None:
+            return made
         payload = JsonList(value) if type(value := deserialize(payload)) is list else value
     batch = validate_batch(payload, max_event_bytes)
-    return Rows(
-        [event_row(event, received_at, job_id) for event in batch.events], batch.rejected, batch.duplicates
-    )
+    rows = [event_row(event, received_at, job_id) for event in batch.events]
+    return Rows(rows=rows, rejected=batch.rejected, duplicates=batch.duplicates)
 
 
 @dataclass(slots=True)
@@ -141,16 +140,14 @@ def _raw_rows(raw: RawJson, max_event_bytes: int, received_at: datetime, job_id:
         outcomes.append(event if fast is None else fast)
     times = iter(_TIMES.validate_python([o.attributes.time for o in outcomes if type(o) is _Fast]))
     result = Rows()
-    rows, seen = result.rows, set()
+    rows = result.rows
     for position, outcome in enumerate(outcomes):
         if type(outcome) is _Fast:
             when = next(times)
             if when is None or type(when) is datetime:
                 a = outcome.attributes
-                if (a.source, a.id) in seen:
-                    result.duplicates += 1
+                if not result.first(a.source, a.id):
                     continue
-                seen.add((a.source, a.id))
                 rows.append(
                     {
                         "source": a.source,
@@ -173,10 +170,7 @@ def _raw_rows(raw: RawJson, max_event_bytes: int, received_at: datetime, job_id:
         checked = validate_one(deserialize(unsure), max_event_bytes, position)
         if isinstance(checked, Rejection):
             result.rejected.append(checked)
-        elif (checked.source, checked.id) in seen:
-            result.duplicates += 1
-        else:
-            seen.add((checked.source, checked.id))
+        elif result.first(checked.source, checked.id):
             rows.append(event_row(checked, received_at, job_id))
     return result
 
