@@ -1,6 +1,6 @@
 """The benchmark suite, one command: every figure beside a raw-driver baseline measured in the same run.
 
-    python bench/run.py                  # the full suite (about an hour on two cores)
+    python bench/run.py                  # the full suite (about 15 minutes on two cores)
     python bench/run.py --smoke          # everything tiny, a minute at most: what CI runs
     python bench/run.py --only ingest,overhead --events 200000
     python bench/run.py --only soak --soak 600
