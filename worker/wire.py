@@ -25,12 +25,12 @@ from pydantic_core import core_schema as cs
 
 from worker.constants import MAX_ID_LENGTH, MAX_SOURCE_LENGTH, MAX_SUBJECT_LENGTH, MAX_TYPE_LENGTH
 from worker.events import (
-    _EDGE_YEARS,
     _EXTENSION_NAME,
     _FIELDS,
     FirstOfEach,
     Rejection,
     event_row,
+    fast_time,
     validate_batch,
     validate_one,
 )
@@ -193,8 +193,8 @@ def _fast(text: bytes, exact: bool) -> _Fast | None:
         if not extensions:
             return None
     when = attributes.time
-    if when is not None and (":" not in when or when[:4] in _EDGE_YEARS):
-        return None  # a number (pydantic would read a Unix time), or a year that may leave the range in UTC
+    if when is not None and not fast_time(when):
+        return None
     data = _data(attributes.data, exact)
     if data is _UNSURE or (data is not None and attributes.data_base64 is not None):
         return None
