@@ -198,7 +198,7 @@ class JsonList(list[Any]):
 
 
 class RawJson(bytes):
-    """JSON text handed over undecoded: an ingest job's events (see :mod:`worker.wire`), or one's ``data``.
+    """JSON text handed over undecoded: an ingest job's events (see :mod:`worker.wire`).
 
     The worker's deserializer makes one only of valid UTF-8 that msgspec read as JSON holding no
     lone surrogate. Serialized (a failed job's record, a result), it is written as the JSON it is.
