@@ -5,9 +5,11 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import insert, text
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
 
 from worker.db.failures import is_connection_error, is_unique_violation
 from worker.db.models import Event
@@ -23,6 +25,16 @@ class DriverError(Exception):
             self.sqlstate = sqlstate
         if pgcode is not None:
             self.pgcode = pgcode
+
+
+#: What asyncpg says when asked for an operation while still consuming the server's FATAL error.
+OUT_OF_STEP = "cannot switch to state 11; another operation (2) is in progress"
+ClientError = asyncpg.exceptions.InternalClientError
+
+
+def emulated(orig: Exception) -> Exception:
+    """asyncpg's ``orig`` as SQLAlchemy's asyncpg dialect hands it on (its emulated DBAPI error)."""
+    return AsyncAdapt_asyncpg_dbapi.InternalClientError(str(orig), orig)
 
 
 def integrity(orig: BaseException) -> sa_exc.IntegrityError:
@@ -111,6 +123,41 @@ async def test_is_unique_violation_on_a_real_sqlite_error(db):
         (operational(sqlite3.OperationalError("disk I/O error")), True),
         (operational(sqlite3.OperationalError("no such table: events")), False),
         (sa_exc.InterfaceError("x", {}, Exception("connection is closed")), True),
+        # asyncpg's own exceptions: wrapped twice by SQLAlchemy, or raw from the ingest COPY.
+        (sa_exc.InternalError("x", {}, emulated(ClientError(OUT_OF_STEP))), True),
+        (
+            sa_exc.InternalError(
+                "x", {}, emulated(ClientError('cannot switch to state 12; protocol is in the "failed" state'))
+            ),
+            True,
+        ),
+        (
+            sa_exc.InternalError("x", {}, emulated(ClientError("unknown error in protocol implementation"))),
+            False,
+        ),
+        (ClientError(OUT_OF_STEP), True),
+        (ClientError("unknown error in protocol implementation"), False),
+        (
+            asyncpg.exceptions.ConnectionDoesNotExistError(
+                "connection was closed in the middle of operation"
+            ),
+            True,
+        ),
+        (asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"), True),
+        (
+            asyncpg.exceptions.InterfaceError(
+                "cannot call Transaction.rollback(): the underlying connection is closed"
+            ),
+            True,
+        ),
+        (asyncpg.exceptions.InterfaceError("connection is closed"), True),
+        (
+            asyncpg.exceptions.InterfaceError("cannot perform operation: another operation is in progress"),
+            False,
+        ),
+        (asyncpg.exceptions.UniqueViolationError("duplicate key value"), False),
+        (asyncpg.exceptions.QueryCanceledError("canceling statement due to statement timeout"), False),
+        (asyncpg.exceptions.DataError("invalid input for query argument"), False),
         (sa_exc.TimeoutError("QueuePool limit of size 5 overflow 5 reached"), True),
         (sa_exc.DisconnectionError("server closed the connection"), True),
         (sa_exc.ProgrammingError("x", {}, Exception(), connection_invalidated=True), True),

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import event, func, select
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -25,6 +25,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from worker.config import Settings
 from worker.constants import MAX_APPLICATION_NAME
 from worker.db import statements
+from worker.db.failures import is_asyncpg_out_of_step
 from worker.serialization import deserialize
 
 
@@ -93,7 +94,22 @@ def make_engine(settings: Settings) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas(settings.sqlite_busy_timeout_ms))
     if driver == "asyncpg":  # the ingest job's COPY staging table, made once per connection
         event.listen(engine.sync_engine, "connect", statements.create_stage)
+        event.listen(engine.sync_engine, "handle_error", _asyncpg_out_of_step_is_a_disconnect)
     return engine
+
+
+def _asyncpg_out_of_step_is_a_disconnect(context: ExceptionContext) -> None:
+    """Call a connection whose asyncpg protocol is out of step with the server disconnected.
+
+    The server ending a connection (restart, failover, ``pg_terminate_backend``) sends its FATAL
+    message, then closes the socket. A statement or pre-ping sent between the two reads can fail
+    with asyncpg's ``InternalClientError`` while ``is_closed()`` still says no; SQLAlchemy then
+    neither throws the connection away nor marks the error as a lost connection (a CI run logged
+    such a job retry as ``unexpected``). Such a connection can never be used again: invalidating
+    it costs one reconnect.
+    """
+    if is_asyncpg_out_of_step(context.original_exception):
+        context.is_disconnect = True
 
 
 def job_application_name(base: str, job_name: str) -> str:

@@ -7,6 +7,7 @@ with back-off. Anything else is "unexpected": also retried, but reported as such
 
 from __future__ import annotations
 
+import asyncpg
 from sqlalchemy import exc as sa_exc
 
 from worker.errors import DatabaseUnavailable
@@ -56,10 +57,52 @@ def _operational_is_connection(exc: sa_exc.OperationalError) -> bool:
     return True  # an operational error with no code: the driver could not talk to the server
 
 
+#: asyncpg, asked for an operation while its protocol is still in another: ``cannot switch to state
+#: 11; another operation (2) is in progress`` (2: consuming an error). The server's FATAL
+#: "terminating connection" leaves it there until the socket's end is read; nothing can follow.
+_ASYNCPG_OUT_OF_STEP = "cannot switch to state"
+#: asyncpg's InterfaceError texts for a connection already closed (a statement, a rollback).
+_ASYNCPG_CLOSED = ("connection is closed", "underlying connection is closed")
+
+
+def _driver_exception(exc: BaseException) -> BaseException:
+    """The driver's own exception behind ``exc``.
+
+    SQLAlchemy wraps a DBAPI error in ``exc.orig``; for asyncpg, ``orig`` is an emulated DBAPI
+    error whose own ``orig`` is asyncpg's. The ingest COPY, sent to asyncpg directly, raises
+    asyncpg's exceptions unwrapped.
+    """
+    orig: BaseException | None = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+    if isinstance(orig, sa_exc.EmulatedDBAPIException) and orig.orig is not None:
+        return orig.orig
+    return orig if orig is not None else exc
+
+
+def is_asyncpg_out_of_step(exc: BaseException) -> bool:
+    """True when ``exc`` is asyncpg's protocol out of step with the server: the connection is dead.
+
+    Its ``is_closed()`` can still say no, so SQLAlchemy does not always treat it as a disconnect.
+    """
+    driver = _driver_exception(exc)
+    return isinstance(driver, asyncpg.exceptions.InternalClientError) and _ASYNCPG_OUT_OF_STEP in str(driver)
+
+
+def _driver_connection_lost(driver: BaseException) -> bool:
+    """A driver exception (SQLAlchemy's wrapping aside) that means the connection is gone."""
+    if isinstance(driver, asyncpg.exceptions.InterfaceError):
+        return any(text in str(driver) for text in _ASYNCPG_CLOSED)
+    sqlstate = _sqlstate(driver)  # asyncpg's PostgresError (e.g. 57P01 from the COPY), psycopg's
+    return sqlstate is not None and _pg_unavailable(driver, sqlstate)
+
+
 def is_connection_error(exc: BaseException) -> bool:
     """True when ``exc`` means the database is unreachable or dropped us (worth a retry)."""
     if isinstance(exc, DatabaseUnavailable | ConnectionError | TimeoutError | OSError):
         return True
+    if is_asyncpg_out_of_step(exc):
+        return True
+    if not isinstance(exc, sa_exc.SQLAlchemyError):
+        return _driver_connection_lost(exc)  # raised by the driver straight to us (the ingest COPY)
     if isinstance(exc, sa_exc.TimeoutError | sa_exc.DisconnectionError | sa_exc.InterfaceError):
         return True  # pool exhausted for pool_timeout seconds; connection unusable
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
