@@ -242,7 +242,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--events", type=int, help="events end to end (1000000; smoke 2000)")
     parser.add_argument("--batch-size", type=int, help="events per ingest job (1000; smoke 200)")
     parser.add_argument("--runs", type=int, help="timed runs each way (3; smoke 1)")
-    parser.add_argument("--max-jobs", type=int, default=4, help="worker max_jobs for ingestion (4)")
+    parser.add_argument("--max-jobs", type=int, default=10, help="worker max_jobs for ingestion (10)")
     parser.add_argument("--poll-delay", type=float, default=0.05, help="worker poll_delay (0.05)")
     parser.add_argument("--keep-result", type=float, default=0, help="worker keep_result for throughput (0)")
     parser.add_argument(
