@@ -52,7 +52,7 @@ SIZES: dict[str, tuple[Any, Any]] = {
     "export_rows": ((1_000_000, 5_000_000), (2_000, 6_000)),
     "export_runs": ((3, 1), (1, 1)),
     "report_rows": (200_000, 2_000),
-    "report_runs": (5, 1),
+    "report_runs": (9, 1),
     "noop_jobs": (3000, 100),
 }
 
