@@ -135,6 +135,16 @@ async def test_the_report_equals_a_straightforward_computation(db, fan_out):
         assert report.lag.percentiles[name] == pytest.approx(percentile(lags, q), abs=1e-3)
 
 
+async def test_each_report_counts_its_own_window(db):
+    """The counting statement is built once per process; every call still counts its own window."""
+    await store_known_data(db)
+    later = Window(WINDOW.end, WINDOW.end + timedelta(days=2), "2d")
+    first, second, again = [await build_report(db, w) for w in (WINDOW, later, WINDOW)]
+    assert (first.events, second.events, again.events) == (9, 2, 9)
+    assert second.by_type == [("a.created", 1), ("z.other", 1)]
+    assert again.figures() == first.figures()
+
+
 async def test_an_empty_window_reports_zeros(db):
     """No events in the window: zero counts, empty lists and no percentiles, on every database."""
     report = await build_report(db, WINDOW)

@@ -19,6 +19,7 @@ PostgreSQL's parallel workers (:func:`without_parallel_workers`).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +31,7 @@ from sqlalchemy import (
     Float,
     Select,
     String,
+    bindparam,
     cast,
     extract,
     func,
@@ -42,6 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.sql.elements import BindParameter
 
 from worker.db.models import DeadLetter, Event
 
@@ -65,7 +68,11 @@ def _dialect(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
 
 
-def _in_window(start: datetime, end: datetime) -> ColumnElement[bool]:
+#: A window bound: a value, or a parameter of a statement built once (:func:`_grouping_sets_statement`).
+_Bound = datetime | BindParameter[datetime]
+
+
+def _in_window(start: _Bound, end: _Bound) -> ColumnElement[bool]:
     return (Event.received_at >= start) & (Event.received_at < end)
 
 
@@ -135,7 +142,7 @@ def _top(figure: str, counted: Select[Any, int], limit: int) -> _FigureRows:
     return select(literal(figure).label("figure"), rows.c.key, rows.c.n, rank.label("rank"))
 
 
-def _grouping_sets_counts(start: datetime, end: datetime, limit: int, subjects: int) -> _FigureRows:
+def _grouping_sets_counts(start: _Bound, end: _Bound, limit: int, subjects: int) -> _FigureRows:
     """One pass over the window: rows (figure, key, count, rank), ordered by figure and rank.
 
     One scan counts the (type, source) pairs, the subjects and the whole window: two hash
@@ -179,6 +186,19 @@ def _grouping_sets_counts(start: datetime, end: datetime, limit: int, subjects: 
     return select(figures).order_by(figures.c.figure, figures.c.rank)
 
 
+@functools.cache
+def _grouping_sets_statement(limit: int, subjects: int) -> _FigureRows:
+    """:func:`_grouping_sets_counts` built once per ``limit`` and ``subjects``, the window as parameters.
+
+    Building the statement and its cache key took 1.7 ms of the client's CPU at every report, on
+    the fanned-out report's critical path (this query is its slowest); a statement built once
+    keeps its cache key. Callers pass the window as ``start`` and ``end``.
+    """
+    start = bindparam("start", type_=Event.received_at.type)
+    end = bindparam("end", type_=Event.received_at.type)
+    return _grouping_sets_counts(start, end, limit, subjects)
+
+
 async def window_counts(
     session: AsyncSession, start: datetime, end: datetime, *, limit: int = 50, subjects: int = 10
 ) -> WindowCounts:
@@ -195,7 +215,8 @@ async def window_counts(
             top_subjects=await top_subjects(session, start, end, subjects),
         )
     events, figures = 0, {"by_type": Counts(), "by_source": Counts(), "top_subjects": Counts()}
-    for figure, key, n, _ in await session.execute(_grouping_sets_counts(start, end, limit, subjects)):
+    window = {"start": start, "end": end}
+    for figure, key, n, _ in await session.execute(_grouping_sets_statement(limit, subjects), window):
         if figure == "events":
             events = int(n)
         else:
