@@ -166,7 +166,7 @@ async def eventworker_export(url: str, target: Path, chunk_size: int, *, use_cop
     from jobs.export import export_to_file
     from worker.config import load_settings
     from worker.db.engine import Database
-    from worker.export import ExportFilter
+    from worker.domain.export import ExportFilter
 
     db = Database.from_settings(load_settings(database_url=url, log_level="WARNING"))
     try:

@@ -140,7 +140,7 @@ async def one_end_to_end(
     db: BenchDatabase, options: IngestOptions, batch_json: list[bytes], run: int
 ) -> dict[str, Any]:
     """One timed run: enqueue every batch, wait for the worker to finish them, check what was stored."""
-    from worker.producer import EventProducer
+    from worker.protocol.producer import EventProducer
 
     queue = f"{RUN_TAG}:ingest:{run}"
     worker = _worker(db, options, queue, RESULTS / "logs" / f"ingest-worker-{run}.log")
@@ -215,7 +215,7 @@ FLUSH_S = 0.05
 
 
 async def _results(redis_url: str, job_ids: list[str]) -> list[dict[str, Any]]:
-    from worker.serialization import deserialize
+    from worker.protocol.serialization import deserialize
 
     client = redis_client(redis_url)
     try:
@@ -230,7 +230,7 @@ async def _results(redis_url: str, job_ids: list[str]) -> list[dict[str, Any]]:
 
 async def one_latency(db: BenchDatabase, options: IngestOptions, rate: float, label: str) -> dict[str, Any]:
     """Events at ``rate`` per second for ``latency_seconds``; percentiles of enqueue-to-commit latency."""
-    from worker.producer import EventProducer
+    from worker.protocol.producer import EventProducer
 
     per_job = max(1, round(rate * FLUSH_S))
     interval = per_job / rate
@@ -283,8 +283,8 @@ async def _timed_job(db: Any, settings: Any, job: bytes, job_id: str) -> dict[st
     """One batch through the ingest job's steps, each timed: (wall, this process's CPU) in milliseconds."""
     from worker.constants import INGEST_JOB
     from worker.db import statements
-    from worker.serialization import job_deserializer
-    from worker.wire import batch_rows
+    from worker.domain.wire import batch_rows
+    from worker.protocol.serialization import job_deserializer
 
     times: dict[str, tuple[float, float]] = {}
     clock, cpu = time.perf_counter(), time.process_time()
@@ -322,7 +322,7 @@ async def job_parts(db: BenchDatabase, options: IngestOptions, batches_n: int = 
     from worker.db.engine import Database
     from worker.lifecycle import settle_collector
     from worker.logging import configure_logging
-    from worker.serialization import job_deserializer, serialize
+    from worker.protocol.serialization import job_deserializer, serialize
 
     count = batches_n or max(4, min(60, options.events // options.batch_size))
     batch_json = batches(count * options.batch_size, options.batch_size, options.mix, seed=3, prefix=RUN_TAG)

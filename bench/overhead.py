@@ -6,7 +6,7 @@ in burst mode over a queue filled beforehand, with the same arq settings (``max_
 logging on:
 
 - **eventworker**: the worker exactly as ``eventworker run`` builds it (lifecycle hooks, JSON
-  jobs, the monitor, metrics), plus a ``noop`` job wrapped in :func:`worker.jobrunner.job` that
+  jobs, the monitor, metrics), plus a ``noop`` job wrapped in :func:`worker.runtime.jobrunner.job` that
   opens a transaction through ``ctx["db"].transaction()`` and does nothing in it;
 - **bare arq**: ``arq.worker.Worker`` with a bare ``async def noop(ctx)``, pickle, no hooks.
 
@@ -43,9 +43,9 @@ def eventworker_options(queue: str) -> dict[str, Any]:
     """The worker ``eventworker run`` starts (settings from the environment), with a no-op job added."""
     from arq.worker import func
 
-    from worker.jobrunner import job
     from worker.main import settings_from_environment
-    from worker.serialization import job_deserializer
+    from worker.protocol.serialization import job_deserializer
+    from worker.runtime.jobrunner import job
 
     async def noop(ctx: Any) -> None:
         async with ctx["db"].transaction("noop"):
@@ -97,7 +97,7 @@ def child(args: argparse.Namespace) -> None:
 async def _fill(redis_url: str, queue: str, way: str, prefix: str, jobs: int) -> None:
     from arq.connections import ArqRedis, RedisSettings, create_pool
 
-    from worker.redis import connect
+    from worker.protocol.redis import connect
 
     pool: ArqRedis
     if way == "eventworker":
@@ -113,7 +113,7 @@ async def _fill(redis_url: str, queue: str, way: str, prefix: str, jobs: int) ->
 
 async def _span(redis_url: str, way: str, prefix: str, jobs: int) -> float:
     """Seconds from the first job's start to the last one's finish, from arq's results."""
-    from worker.serialization import deserialize
+    from worker.protocol.serialization import deserialize
 
     loads = deserialize if way == "eventworker" else pickle.loads
     client = redis_client(redis_url)

@@ -60,7 +60,7 @@ from worker.config import load_settings
 from worker.db import report_sql
 from worker.db.engine import Database
 from worker.db.report_sql import LAG_SAMPLE_SIZE
-from worker.report import PERCENTILES, Report, Window, build_report, percentile
+from worker.domain.report import PERCENTILES, Report, Window, build_report, percentile
 
 RESULTS = Path(__file__).resolve().parent / "results" / "report.json"
 SUBJECTS = [f"customer/{n:04d}" for n in range(1000)]

@@ -34,7 +34,7 @@ MAX_CONNECTIONS = 10
 
 async def _produce(redis_url: str, queue: str, rate: float, seconds: float, mix: Mix) -> int:
     """Send ``rate`` events a second in jobs every 100 ms for ``seconds``; return how many were sent."""
-    from worker.producer import EventProducer
+    from worker.protocol.producer import EventProducer
 
     per_job = max(1, round(rate / 10))
     inputs = generate(int(rate * seconds) + per_job, mix, seed=99, prefix=f"{RUN_TAG}-soak")

@@ -1,8 +1,8 @@
 """``export_events``: write the events matching a filter to a file, as NDJSON or CSV, optionally gzipped.
 
 Rows stream from one snapshot (:func:`worker.db.history.stream_events`) in chunks of
-``export_chunk_size``, are formatted by :mod:`worker.export` and written from a thread
-into an :class:`~worker.export.AtomicWriter`: the file appears under its name, complete,
+``export_chunk_size``, are formatted by :mod:`worker.domain.export` and written from a thread
+into an :class:`~worker.domain.export.AtomicWriter`: the file appears under its name, complete,
 only at the end, and a failure or cancellation leaves nothing behind. Memory stays flat
 whatever the table's size: one chunk of rows and its bytes at a time.
 
@@ -28,11 +28,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar
 
-from worker.context import WorkerContext
 from worker.db import export_copy, history
 from worker.db.engine import Database, job_application_name
-from worker.errors import PermanentError
-from worker.export import (
+from worker.domain.export import (
     AtomicWriter,
     CopyLines,
     ExportFilter,
@@ -44,8 +42,10 @@ from worker.export import (
     resolve_under,
     wants_gzip,
 )
-from worker.jobrunner import job
+from worker.errors import PermanentError
 from worker.logging import get_logger
+from worker.runtime.context import WorkerContext
+from worker.runtime.jobrunner import job
 
 JOB_NAME = "export_events"
 

@@ -25,12 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from worker.config import Settings
 from worker.constants import RUN_HANDLERS_JOB
-from worker.context import WorkerContext
 from worker.db import handler_sql
 from worker.db.engine import Database
 from worker.db.models import Event
-from worker.errors import InvalidArgument
-from worker.handlers import (
+from worker.domain.handlers import (
     HandlerRegistry,
     Registration,
     RetryTiming,
@@ -38,8 +36,10 @@ from worker.handlers import (
     configured_registry,
     error_text,
 )
-from worker.jobrunner import job
+from worker.errors import InvalidArgument
 from worker.logging import get_logger, redact_text
+from worker.runtime.context import WorkerContext
+from worker.runtime.jobrunner import job
 
 log = get_logger("eventworker.handlers")
 

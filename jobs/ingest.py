@@ -4,7 +4,7 @@ Valid events go into ``events`` in one bulk insert that skips identities already
 stored (also when another worker stores them at the same moment); everything
 else goes into ``dead_letters`` byte for byte, in the same transaction. So do the
 pending runs of the event handlers registered for the new events' types (the
-outbox, see ``worker.handlers``); once committed, a ``run_handlers`` job is enqueued.
+outbox, see ``worker.domain.handlers``); once committed, a ``run_handlers`` job is enqueued.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Any, TypedDict
 
 from jobs.handlers import enqueue_run_handlers
 from worker.constants import INGEST_JOB
-from worker.context import WorkerContext
 from worker.db import handler_sql, statements
-from worker.handlers import configured_registry
-from worker.jobrunner import job
+from worker.domain.handlers import configured_registry
+from worker.domain.wire import batch_rows
 from worker.logging import get_logger
-from worker.wire import batch_rows
+from worker.runtime.context import WorkerContext
+from worker.runtime.jobrunner import job
 
 log = get_logger("eventworker.ingest")
 

@@ -30,12 +30,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from jobs.export import ExportSummary, export_to_file
 from worker.config import Settings
-from worker.context import WorkerContext
 from worker.db import history
 from worker.db.engine import Database
-from worker.export import ExportFilter, ExportFormat, ExportProgress
-from worker.jobrunner import job
+from worker.domain.export import ExportFilter, ExportFormat, ExportProgress
 from worker.logging import get_logger
+from worker.runtime.context import WorkerContext
+from worker.runtime.jobrunner import job
 
 JOB_NAME = "apply_retention"
 

@@ -17,7 +17,7 @@ the checkpoint moved under it rolls back and gives way (``gave_way``).
 A rebuild empties the table and recounts the whole history in one transaction, in the
 same bounded passes, and leaves the checkpoint where the recount stopped.
 :func:`verify` compares the table with the events it covers, counted again in Python
-(:func:`worker.rollups.count_events`): a check that shares no counting code with the runs.
+(:func:`worker.domain.rollups.count_events`): a check that shares no counting code with the runs.
 """
 
 from __future__ import annotations
@@ -32,15 +32,15 @@ from typing import Final, TypedDict
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from worker import rollups
 from worker.config import Settings
-from worker.context import WorkerContext
 from worker.db import rollup_sql
 from worker.db.engine import Database
 from worker.db.failures import is_serialization_failure
+from worker.domain import rollups
 from worker.errors import CheckpointMoved
-from worker.jobrunner import job
 from worker.logging import get_logger
+from worker.runtime.context import WorkerContext
+from worker.runtime.jobrunner import job
 
 #: Events one transaction reads (one PostgreSQL transaction's rows are never split).
 MAX_ROWS_PER_TRANSACTION: Final = 100_000
@@ -224,7 +224,7 @@ async def rebuild(
 async def expected_rollups(session: AsyncSession, up_to: int | None) -> Counter[rollups.RollupKey]:
     """What the rollups should hold at checkpoint ``up_to`` (None: every stored event).
 
-    The events are read back and counted with :func:`worker.rollups.count_events`, not with the
+    The events are read back and counted with :func:`worker.domain.rollups.count_events`, not with the
     SQL the runs count with (:func:`worker.db.rollup_sql.count_range`), so comparing the two
     checks both. It costs the worker's CPU for every event, which suits a check run by hand.
     """

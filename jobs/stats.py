@@ -1,6 +1,6 @@
 """``event_stats``: the event statistics report over the last ``window`` (``"15m"``, ``"1h"``, ``"7d"``...).
 
-The queries fan out over the worker's pool (see :mod:`worker.report`); the job returns the
+The queries fan out over the worker's pool (see :mod:`worker.domain.report`); the job returns the
 report in its JSON form and logs one summary line. A window that does not parse is a
 permanent failure: it is recorded at once, not retried.
 """
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.context import WorkerContext
-from worker.jobrunner import job
+from worker.domain.report import Window, build_report, to_json
 from worker.logging import get_logger
-from worker.report import Window, build_report, to_json
+from worker.runtime.context import WorkerContext
+from worker.runtime.jobrunner import job
 
 log = get_logger("eventworker.stats")
 

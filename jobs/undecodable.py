@@ -1,6 +1,6 @@
 """``store_undecodable_job``: keep a job whose bytes in Redis were not ours, as a dead letter.
 
-The worker's deserializer (``worker.serialization``) routes such jobs here instead
+The worker's deserializer (``worker.protocol.serialization``) routes such jobs here instead
 of failing them, so they are neither executed, retried forever, nor lost.
 """
 
@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.constants import UNDECODABLE_JOB
-from worker.context import WorkerContext
 from worker.db import statements
-from worker.events import Rejection
-from worker.jobrunner import job
 from worker.logging import get_logger
+from worker.protocol.events import Rejection
+from worker.runtime.context import WorkerContext
+from worker.runtime.jobrunner import job
 
 log = get_logger("eventworker.undecodable")
 

@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from worker.config import Settings, load_settings
 from worker.db import schema
 from worker.db.engine import Database
-from worker.tracking import tracking_keys
+from worker.runtime.tracking import tracking_keys
 
 PG_URL = os.environ.get("EVENTWORKER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 MYSQL_URL = os.environ.get("EVENTWORKER_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")

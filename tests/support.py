@@ -20,13 +20,13 @@ from sqlalchemy import func, select, text
 
 from jobs.rollup import update
 from worker.config import Settings
-from worker.context import WorkerContext
 from worker.db import status_sql
 from worker.db.engine import Database
 from worker.db.models import DeadLetter, Event
 from worker.main import worker_settings
-from worker.producer import EventProducer
-from worker.serialization import deserialize
+from worker.protocol.producer import EventProducer
+from worker.protocol.serialization import deserialize
+from worker.runtime.context import WorkerContext
 
 
 def event(n: int | str, source: str = "/tests", **extra: Any) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """``python -m worker`` is the ``eventworker`` command."""
 
-from worker.cli import main
+from worker.commands.cli import main
 
 main()

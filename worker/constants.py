@@ -5,10 +5,11 @@ from typing import Final
 #: The arq job that stores a batch of events. Producers in any language enqueue this name.
 INGEST_JOB: Final = "ingest_events"
 
-#: The job a worker runs in place of one whose bytes could not be decoded (see ``worker.serialization``).
+#: The job a worker runs in place of one whose bytes could not be decoded
+#: (see ``worker.protocol.serialization``).
 UNDECODABLE_JOB: Final = "store_undecodable_job"
 
-#: The job that runs registered event handlers on their pending runs (see ``worker.handlers``).
+#: The job that runs registered event handlers on their pending runs (see ``worker.domain.handlers``).
 RUN_HANDLERS_JOB: Final = "run_handlers"
 
 #: The cron job that runs handler runs whose ``run_handlers`` job was never enqueued or is late.
@@ -34,7 +35,7 @@ MAX_SUBJECT_LENGTH: Final = 1024
 MAX_APPLICATION_NAME: Final = 63
 
 #: Redis hashes eventworker keeps beside arq's keys, one of each per queue (the queue name follows the
-#: prefix); see ``worker.tracking``. Workers: worker id -> heartbeat. Running: job id -> which worker
+#: prefix); see ``worker.runtime.tracking``. Workers: worker id -> heartbeat. Running: job id -> which worker
 #: runs it since when. Cron: cron job name -> its last start and last finished run.
 WORKERS_KEY_PREFIX: Final = "eventworker:workers:"
 RUNNING_KEY_PREFIX: Final = "eventworker:running:"

@@ -5,8 +5,7 @@
     EventWorkerError                 base: ``str(exc)`` is always a message a person can act on
     ├── ConfigError                  a setting is invalid (names the setting)
     ├── SchemaBehindError            the database is not migrated to this version (names the command)
-    ├── EnqueueError                 a producer could not enqueue after its tries (names the job id;
-    │                                worker.producer)
+    ├── EnqueueError                 a producer could not enqueue after its tries (names the job id)
     ├── RetryableError               trying again later may succeed
     │   ├── DatabaseUnavailable      connection refused, dropped, server restarting
     │   └── CheckpointMoved          another run moved a checkpoint first (names the checkpoint)
@@ -16,7 +15,7 @@
         ├── InvalidArgument          a job or command was given an unusable argument (names it)
         └── JobFailed                a job used its last try (recorded in failed_jobs)
 
-Jobs never let a driver exception escape unclassified: ``worker.retry`` maps
+Jobs never let a driver exception escape unclassified: ``worker.runtime.retry`` maps
 any exception to "retry with back-off" or "record as failed".
 """
 
@@ -51,6 +50,27 @@ class SchemaBehindError(EventWorkerError):
         super().__init__(
             f"database schema is at revision {current or '(none: not migrated)'}, this worker needs {head}; "
             "run `eventworker migrate` (or `alembic upgrade head`) first"
+        )
+
+
+class EnqueueError(EventWorkerError):
+    """Redis did not confirm a job after every try; enqueueing it again under the same job id is safe."""
+
+    def __init__(
+        self, redacted_url: str, job_id: str | None, tries: int, cause: BaseException, enqueued: list[str]
+    ) -> None:
+        self.url = redacted_url  # the caller hides its password: this module knows no URL format
+        self.job_id = job_id
+        self.tries = tries
+        self.enqueued = enqueued
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        why = f"({type(cause).__name__}: {reason})"
+        if job_id is None:
+            super().__init__(f"could not connect to Redis at {self.url} {why}")
+            return
+        before = f"; {len(enqueued)} job(s) of this emit were enqueued before it" if enqueued else ""
+        super().__init__(
+            f"could not enqueue job {job_id} to Redis at {self.url} after {tries} tries {why}{before}"
         )
 
 

@@ -2,7 +2,7 @@
 
 ``on_startup`` builds the engine, waits (bounded) for the database, and refuses to
 run on a schema that is behind; then it starts the metrics server (when configured)
-and the worker's :class:`~worker.monitor.Monitor` (heartbeat, metrics samples).
+and the worker's :class:`~worker.runtime.monitor.Monitor` (heartbeat, metrics samples).
 ``on_shutdown`` stops the monitor and disposes the engine, so no connection outlives
 the worker. ``on_job_start`` binds the job's identity into every log line the job writes.
 """
@@ -16,15 +16,15 @@ import time
 import structlog
 
 from worker.config import redact_url
-from worker.context import WorkerContext
 from worker.db import schema
 from worker.db.engine import Database
 from worker.db.failures import is_connection_error
+from worker.domain.handlers import load_handler_modules
 from worker.errors import DatabaseUnavailable
-from worker.handlers import load_handler_modules
 from worker.logging import get_logger, redact_text
-from worker.metrics import Metrics
-from worker.monitor import Monitor
+from worker.runtime.context import WorkerContext
+from worker.runtime.metrics import Metrics
+from worker.runtime.monitor import Monitor
 
 #: The collector's young-generation threshold in a worker (CPython's default is 700). Decoding one
 #: batch of a thousand events makes some 25,000 container objects at once, nearly all freed by

@@ -24,12 +24,12 @@ from jobs.stats import event_stats
 from jobs.undecodable import store_undecodable_job
 from worker import lifecycle
 from worker.config import Settings, load_settings
-from worker.context import WorkerContext
 from worker.errors import ConfigError, EventWorkerError
-from worker.jobrunner import RECORD_TRIES, JobFunction
 from worker.logging import configure_logging, get_logger
-from worker.redis import MEMORY_URL, memory_pool, patch_arq_for_memory, worker_pool
-from worker.serialization import job_deserializer, serialize
+from worker.protocol.redis import MEMORY_URL, memory_pool, patch_arq_for_memory, worker_pool
+from worker.protocol.serialization import job_deserializer, serialize
+from worker.runtime.context import WorkerContext
+from worker.runtime.jobrunner import RECORD_TRIES, JobFunction
 
 #: The jobs a worker runs when asked.
 FUNCTIONS: tuple[JobFunction, ...] = (

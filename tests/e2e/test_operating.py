@@ -35,9 +35,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import WorkerProcess, catch_up_rollups, process_env
 
 from worker.config import Settings, load_settings
-from worker.health import health
-from worker.producer import EventProducer
-from worker.status import gather_status
+from worker.ops.health import health
+from worker.ops.status import gather_status
+from worker.protocol.producer import EventProducer
 
 pytestmark = pytest.mark.e2e
 

@@ -46,7 +46,7 @@ from support import WorkerProcess, process_env
 from worker.config import load_settings
 from worker.db.engine import Database
 from worker.db.models import DeadLetter, FailedJob
-from worker.producer import EventProducer
+from worker.protocol.producer import EventProducer
 
 SOAK_VARIABLE = "EVENTWORKER_SOAK_SECONDS"
 DEFAULT_SOAK_SECONDS = 120.0

@@ -36,7 +36,8 @@ from support import WorkerProcess
 
 from worker.db.engine import Database
 from worker.db.models import DeadLetter, Event, FailedJob
-from worker.producer import EnqueueError, EventProducer
+from worker.errors import EnqueueError
+from worker.protocol.producer import EventProducer
 
 #: Passwords in every URL of this tier. PostgreSQL's trust auth accepts any; our Redis requires its own.
 PG_PASSWORD = "pgF4ult-pw-7e1d"

@@ -18,8 +18,8 @@ from sqlalchemy import func, select
 from worker.config import load_settings
 from worker.db.models import Rollup
 from worker.main import worker_settings
-from worker.redis import connect
-from worker.serialization import deserialize
+from worker.protocol.redis import connect
+from worker.protocol.serialization import deserialize
 
 pytestmark = pytest.mark.faults
 

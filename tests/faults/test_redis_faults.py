@@ -11,7 +11,7 @@ import time
 import pytest
 from faults.harness import REDIS_PASSWORD, Ledger, Rounds, exit_code, stored_exactly_once
 
-from worker.producer import EnqueueError
+from worker.errors import EnqueueError
 
 pytestmark = pytest.mark.faults
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from jobs.export import export_to_file
 from worker.config import load_settings
 from worker.db.engine import Database
-from worker.export import ExportFilter
+from worker.domain.export import ExportFilter
 
 
 async def main(url: str, target: Path, chunk_size: int) -> dict[str, int]:

@@ -12,7 +12,7 @@ from support import event
 
 from worker.db import statements
 from worker.db.models import Event
-from worker.events import event_row, validate_batch
+from worker.protocol.events import event_row, validate_batch
 
 pytestmark = pytest.mark.integration
 

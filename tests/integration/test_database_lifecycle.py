@@ -12,9 +12,9 @@ from support import connection_names, enqueue, event, run_worker
 
 from worker import lifecycle
 from worker.config import load_settings
-from worker.context import WorkerContext
 from worker.db.engine import Database
 from worker.errors import DatabaseUnavailable, SchemaBehindError
+from worker.runtime.context import WorkerContext
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from worker.db.engine import Database
 from worker.db.failures import is_connection_error, is_unique_violation
 from worker.db.models import Event
-from worker.retry import classify
+from worker.runtime.retry import classify
 
 pytestmark = pytest.mark.integration
 

@@ -24,13 +24,13 @@ from support import event
 
 from jobs.export import export_events, export_to_file
 from worker.commands.export import export_command
-from worker.context import WorkerContext
 from worker.db import history, statements
 from worker.db.engine import Database
 from worker.db.models import Event, FailedJob
+from worker.domain.export import EXPORT_COLUMNS, ExportFilter, ExportFormat, ExportProgress, rfc3339
 from worker.errors import JobFailed
-from worker.events import CloudEvent, event_row
-from worker.export import EXPORT_COLUMNS, ExportFilter, ExportFormat, ExportProgress, rfc3339
+from worker.protocol.events import CloudEvent, event_row
+from worker.runtime.context import WorkerContext
 
 pytestmark = pytest.mark.integration
 

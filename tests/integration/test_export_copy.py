@@ -15,8 +15,8 @@ from sqlalchemy import text
 from jobs.export import ExportSummary, export_to_file
 from worker.db import export_copy, history, statements
 from worker.db.engine import Database
-from worker.events import CloudEvent, event_row
-from worker.export import ExportFilter, ExportFormat
+from worker.domain.export import ExportFilter, ExportFormat
+from worker.protocol.events import CloudEvent, event_row
 
 pytestmark = pytest.mark.integration
 

@@ -20,14 +20,14 @@ from support import enqueue, job_ctx, results, run_worker, unique_source
 import worker.main
 from jobs.handlers import drain, run_handlers, sweep_handlers
 from jobs.ingest import ingest_events
-from worker import handlers
 from worker.commands.handlers import handlers_command
 from worker.constants import SWEEP_HANDLERS_JOB
-from worker.context import WorkerContext
 from worker.db.engine import Database
 from worker.db.models import Checkpoint, HandlerRun
+from worker.domain import handlers
+from worker.domain.handlers import HandlerRegistry, StoredEvent
 from worker.errors import JobFailed
-from worker.handlers import HandlerRegistry, StoredEvent
+from worker.runtime.context import WorkerContext
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 from arq.constants import in_progress_key_prefix
 from redis.exceptions import WatchError
 
-from worker.redis import worker_pool
-from worker.serialization import deserialize
+from worker.protocol.redis import worker_pool
+from worker.protocol.serialization import deserialize
 
 pytestmark = pytest.mark.integration
 

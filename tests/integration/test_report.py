@@ -18,8 +18,8 @@ from worker.commands.stats import stats_command
 from worker.db import report_sql
 from worker.db.engine import Database
 from worker.db.models import DeadLetter, Event
+from worker.domain.report import Window, build_report, percentile
 from worker.errors import JobFailed
-from worker.report import Window, build_report, percentile
 
 pytestmark = pytest.mark.integration
 

@@ -17,11 +17,11 @@ from support import event
 from jobs import retention
 from jobs.retention import apply_retention, run_retention
 from worker.commands.export import retention_command
-from worker.context import WorkerContext
 from worker.db import history, statements
 from worker.db.engine import Database
 from worker.db.models import DeadLetter, Event, HandlerRun
-from worker.events import CloudEvent, Rejection, event_row
+from worker.protocol.events import CloudEvent, Rejection, event_row
+from worker.runtime.context import WorkerContext
 
 pytestmark = pytest.mark.integration
 

@@ -11,11 +11,11 @@ from sqlalchemy import select
 from support import count, enqueue, event, run_worker, unique_source
 
 from jobs.ingest import ingest_events
-from worker.cli import main as cli
-from worker.context import WorkerContext
+from worker.commands.cli import main as cli
 from worker.db.engine import Database
 from worker.db.models import Event, FailedJob
 from worker.errors import JobFailed
+from worker.runtime.context import WorkerContext
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """The database's bucket counts equal the Python reference on every database, for the awkward cases.
 
 The rollup job has the database count events per bucket (``rollup_sql.count_range``, a GROUP BY);
-:func:`worker.rollups.count_events` is the reference it must match. The story: events at the
+:func:`worker.domain.rollups.count_events` is the reference it must match. The story: events at the
 first and last storable moments (years 1 and 9999), before 1970, on and one microsecond either
 side of minute and hour boundaries, with a UTC offset, and without a time (so ``received_at``
 counts), each under nine series whose types and sources differ only by case or a trailing
@@ -24,8 +24,8 @@ from worker.config import Settings
 from worker.db import rollup_sql, statements
 from worker.db.engine import Database
 from worker.db.models import Event
-from worker.events import event_row, validate_batch
-from worker.rollups import BUCKET_SECONDS, RollupKey, count_events, events_counted
+from worker.domain.rollups import BUCKET_SECONDS, RollupKey, count_events, events_counted
+from worker.protocol.events import event_row, validate_batch
 
 pytestmark = pytest.mark.integration
 

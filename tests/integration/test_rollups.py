@@ -21,12 +21,12 @@ from support import event, unique_source
 from jobs.ingest import ingest_events
 from jobs.rollup import expected_rollups, rebuild, rebuild_rollups, update, update_rollups, verify
 from worker.config import Settings
-from worker.context import WorkerContext
 from worker.db import rollup_sql, statements
 from worker.db.engine import Database
 from worker.db.models import Checkpoint, Event, Rollup
-from worker.events import event_row, validate_batch
-from worker.rollups import RollupKey
+from worker.domain.rollups import RollupKey
+from worker.protocol.events import event_row, validate_batch
+from worker.runtime.context import WorkerContext
 
 pytestmark = pytest.mark.integration
 

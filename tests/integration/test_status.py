@@ -16,8 +16,8 @@ import orjson
 import pytest
 from support import catch_up_rollups, enqueue, event, run_worker, unique_source
 
-from worker.producer import EventProducer
-from worker.status import gather_status
+from worker.ops.status import gather_status
+from worker.protocol.producer import EventProducer
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,7 @@ def _get(url: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
 
 async def test_the_dashboard_serves_the_page_and_json_read_only(pg_settings):
     """GET / is the page under a strict policy, /status.json the JSON; other paths 404, writes refused."""
-    from worker.dashboard import DashboardServer
+    from worker.ops.dashboard.server import DashboardServer
 
     await seed(pg_settings.model_copy(update={"max_tries": 1}))
     server = DashboardServer(pg_settings, "127.0.0.1", 0, refresh_s=5)

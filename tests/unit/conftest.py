@@ -24,11 +24,11 @@ import structlog
 from arq.worker import Worker
 
 from worker.config import Settings, load_settings
-from worker.context import WorkerContext
 from worker.db import schema
 from worker.db.engine import Database
 from worker.main import worker_settings
-from worker.redis import MemoryArqRedis, memory_pool
+from worker.protocol.redis import MemoryArqRedis, memory_pool
+from worker.runtime.context import WorkerContext
 
 #: Names the settings are read from; removed so the shell running pytest cannot change a test.
 _SETTINGS_VARIABLES = ("DATABASE_URL", "REDIS_URL")

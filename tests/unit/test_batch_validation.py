@@ -1,4 +1,5 @@
-"""The fast paths (validate_batch's, worker.wire's) give exactly what validate_one gives, input by input."""
+"""The fast paths (validate_batch's, worker.domain.wire's) give exactly what validate_one gives,
+input by input."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from arq.utils import args_to_string
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from worker import events, wire
-from worker.events import CloudEvent, Rejection, validate_batch, validate_one
-from worker.serialization import JsonList, RawJson, deserialize, job_deserializer, serialize
-from worker.wire import Rows, batch_rows
+from worker.domain import wire
+from worker.domain.wire import Rows, batch_rows
+from worker.protocol import events
+from worker.protocol.events import CloudEvent, Rejection, validate_batch, validate_one
+from worker.protocol.serialization import JsonList, RawJson, deserialize, job_deserializer, serialize
 
 LIMIT = 2_000
 
@@ -195,7 +197,7 @@ def _decoded(values: list[Any]) -> Any:
     """``values`` through a job's JSON, decoded as the worker decodes a job's list argument.
 
     (An ingest job's events reach the job undecodable as RawJson, see test_wire.py; when
-    :mod:`worker.wire` cannot split them, it decodes them to this.)
+    :mod:`worker.domain.wire` cannot split them, it decodes them to this.)
     """
     job = serialize({"t": 1, "f": "run_handlers", "a": [values], "k": {}, "et": 0})
     return job_deserializer({"run_handlers"})(job)["a"][0]
@@ -291,7 +293,7 @@ def test_copy_records_put_json_last_as_bytes_in_either_encoder():
     assert _records(big) == [*_records(rows), (*expected_plain, b"1180591620717411303424", None)]
 
 
-# -- the ingest job's fast path from the job's text (worker.wire) -------------------------------
+# -- the ingest job's fast path from the job's text (worker.domain.wire) -------------------------------
 
 KNOWN = frozenset({"ingest_events"})
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)

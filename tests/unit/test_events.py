@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from worker.events import CloudEvent, Rejection, encode_raw, event_row, validate_batch, validate_one
+from worker.protocol.events import CloudEvent, Rejection, encode_raw, event_row, validate_batch, validate_one
 
 LIMIT = 1_048_576
 SECRET = "sk_live_hunter2-TOPSECRET"

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from worker.export import (
+from worker.domain.export import (
     CSV_HEADER,
     EXPORT_COLUMNS,
     AtomicWriter,

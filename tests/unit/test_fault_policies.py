@@ -7,10 +7,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import WatchError
 
 from worker.constants import INGEST_JOB
+from worker.errors import EnqueueError
 from worker.main import ARQ_TRY_LIMIT, CRON_TICK_KEPT_S, worker_settings
-from worker.producer import EnqueueError, EventProducer, retry_delay
-from worker.redis import command_retry, redacted, retries_within
-from worker.serialization import deserialize
+from worker.protocol.producer import EventProducer, retry_delay
+from worker.protocol.redis import command_retry, redacted, retries_within
+from worker.protocol.serialization import deserialize
 
 
 def event(i: int) -> dict:

@@ -8,11 +8,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from worker import handlers
 from worker.config import load_settings
 from worker.db.models import Event
-from worker.errors import ConfigError
-from worker.handlers import (
+from worker.domain import handlers
+from worker.domain.handlers import (
     JITTER_BUCKETS,
     HandlerRegistry,
     RetryTiming,
@@ -21,6 +20,7 @@ from worker.handlers import (
     load_handler_modules,
     parse_module_list,
 )
+from worker.errors import ConfigError
 
 
 async def on_order(event, session) -> None:
@@ -95,7 +95,7 @@ def test_types_and_names_must_fit_their_columns(event_type, name, message):
 
 
 def test_the_module_decorators_register_in_the_worker_registry(monkeypatch):
-    """``handler`` and ``sync_handler`` use whatever ``worker.handlers.registry`` is when they are applied."""
+    """``handler`` and ``sync_handler`` use whatever ``worker.domain.handlers.registry`` is when applied."""
     fresh = HandlerRegistry()
     monkeypatch.setattr(handlers, "registry", fresh)
     handlers.handler("order.created", name="h")(on_order)
@@ -129,7 +129,7 @@ def test_modules_named_in_the_environment_are_imported_and_register(module_dir, 
     (module_dir / "shop_handlers.py").write_text(
         textwrap.dedent(
             """
-            from worker.handlers import handler
+            from worker.domain.handlers import handler
 
             @handler("order.created", name="shop")
             async def shop(event, session):
@@ -152,7 +152,7 @@ def test_modules_named_in_the_environment_are_imported_and_register(module_dir, 
         (None, "ModuleNotFoundError: No module named 'missing_handlers'"),
         ("raise RuntimeError('no config')", "RuntimeError: no config"),
         (
-            "from worker.handlers import handler\nhandler('t')(lambda event, session: None)",
+            "from worker.domain.handlers import handler\nhandler('t')(lambda event, session: None)",
             "TypeError: @handler needs an async function",
         ),
     ],

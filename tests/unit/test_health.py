@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from worker.health import heartbeat_problems
-from worker.tracking import WorkerBeat
+from worker.ops.health import heartbeat_problems
+from worker.runtime.tracking import WorkerBeat
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 

@@ -24,8 +24,8 @@ from worker.constants import DEFAULT_QUEUE, INGEST_JOB, UNDECODABLE_JOB
 from worker.db import statements
 from worker.db.models import DeadLetter, Event, FailedJob
 from worker.errors import JobFailed
-from worker.producer import EventProducer
-from worker.serialization import deserialize
+from worker.protocol.producer import EventProducer
+from worker.protocol.serialization import deserialize
 
 
 def event(event_id: str, **fields) -> dict:

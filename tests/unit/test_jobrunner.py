@@ -18,8 +18,8 @@ from sqlalchemy import select
 
 from worker.db.models import FailedJob
 from worker.errors import DatabaseUnavailable, InvalidEvent, JobFailed
-from worker.jobrunner import DB_WAITS_PREFIX, DB_WAITS_TTL_S, job
-from worker.redis import memory_pool
+from worker.protocol.redis import memory_pool
+from worker.runtime.jobrunner import DB_WAITS_PREFIX, DB_WAITS_TTL_S, job
 
 SECRET = "r3dis-s3cret-pw"
 

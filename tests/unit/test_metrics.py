@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.pool import QueuePool
 
-from worker.events import Rejection
-from worker.metrics import MAX_LABEL_VALUES, Metrics
+from worker.protocol.events import Rejection
+from worker.runtime.metrics import MAX_LABEL_VALUES, Metrics
 
 
 def events(metrics: Metrics, outcome: str, source: str, type_: str) -> float | None:

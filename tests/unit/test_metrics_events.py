@@ -20,9 +20,9 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-import worker.metrics
-from worker.events import Rejection
-from worker.metrics import MAX_LABEL_VALUES, OTHER, BoundedLabel, Metrics
+import worker.runtime.metrics
+from worker.protocol.events import Rejection
+from worker.runtime.metrics import MAX_LABEL_VALUES, OTHER, BoundedLabel, Metrics
 
 HELP = "Events by outcome (accepted, duplicate, rejected), source and type (bounded label values)."
 
@@ -157,7 +157,7 @@ def test_a_long_value_kept_while_there_was_room_keeps_its_cut_label_once_the_lab
 
 def test_the_label_memo_stays_bounded_and_starting_over_changes_no_label(monkeypatch):
     """A tiny memo fills and starts over many times; the scrape still matches the Counter's."""
-    monkeypatch.setattr(worker.metrics, "LABEL_MEMO_SIZE", 8)
+    monkeypatch.setattr(worker.runtime.metrics, "LABEL_MEMO_SIZE", 8)
     metrics, reference = Metrics(), CounterReference()
     for batch in batches(seed=4):
         metrics.count_ingest(*batch)

@@ -12,11 +12,11 @@ from arq import Retry
 from structlog.testing import capture_logs
 
 from jobs.ingest import ingest_events
-from worker import tracking
 from worker.errors import InvalidArgument, JobFailed
-from worker.jobrunner import job
-from worker.metrics import Metrics
-from worker.monitor import Monitor, outcome_of
+from worker.runtime import tracking
+from worker.runtime.jobrunner import job
+from worker.runtime.metrics import Metrics
+from worker.runtime.monitor import Monitor, outcome_of
 
 QUEUE_EVENT = {"specversion": "1.0", "source": "/unit", "type": "t"}
 

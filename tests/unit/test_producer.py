@@ -12,9 +12,9 @@ import pytest
 from arq.jobs import Job
 
 from worker.constants import DEFAULT_QUEUE, INGEST_JOB
-from worker.events import CloudEvent
-from worker.producer import EventProducer, batches
-from worker.serialization import deserialize
+from worker.protocol.events import CloudEvent
+from worker.protocol.producer import EventProducer, batches
+from worker.protocol.serialization import deserialize
 
 
 def event(i: int) -> dict:
@@ -142,7 +142,7 @@ async def test_producer_leaves_a_given_connection_open(redis):
 def test_importing_the_producer_does_not_import_sqlalchemy():
     """An app that only produces events does not load SQLAlchemy (nor the worker's jobs)."""
     code = (
-        "import sys, worker.producer, worker.events; "
+        "import sys, worker.protocol.producer, worker.protocol.events; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in {'sqlalchemy', 'jobs', 'alembic'}))"
     )
     result = subprocess.run(

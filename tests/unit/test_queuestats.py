@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.queuestats import QueueSample, sample_from, sample_queue
+from worker.runtime.queuestats import QueueSample, sample_from, sample_queue
 
 NOW_MS = 1_000_000.0
 

@@ -10,8 +10,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool, StaticPool
 
 from worker.db.report_sql import LagSample
+from worker.domain.report import (
+    LagStats,
+    Report,
+    Timing,
+    Window,
+    fan_out_width,
+    format_table,
+    percentile,
+    to_json,
+)
 from worker.errors import InvalidArgument, PermanentError
-from worker.report import LagStats, Report, Timing, Window, fan_out_width, format_table, percentile, to_json
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 
 from worker.errors import DatabaseUnavailable, InvalidEvent, JobFailed, PermanentError, UndecodableJob
-from worker.retry import GiveUp, RetryLater, backoff, classify, decide
+from worker.runtime.retry import GiveUp, RetryLater, backoff, classify, decide
 
 
 def always(value: float):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.rollups import (
+from worker.domain.rollups import (
     BUCKET_SECONDS,
     Difference,
     RollupKey,

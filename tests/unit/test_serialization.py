@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from worker.constants import INGEST_JOB, UNDECODABLE_JOB
-from worker.serialization import (
+from worker.protocol.serialization import (
     OutOfRangeNumber,
     RawJson,
     deserialize,

@@ -11,10 +11,10 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from worker import tracking
-from worker.cli import main
-from worker.redis import memory_pool
-from worker.tracking import WorkerBeat
+from worker.commands.cli import main
+from worker.protocol.redis import memory_pool
+from worker.runtime import tracking
+from worker.runtime.tracking import WorkerBeat
 
 
 @pytest.fixture

@@ -13,12 +13,13 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from worker import statusfmt, svgchart
-from worker.dashboard_page import chart_series, content_security_policy, render_page
 from worker.db.status_sql import RollupLag
-from worker.queuestats import QueueSample
-from worker.status import DeadLetterInfo, FailedJobInfo, MinuteCount, Status, problems
-from worker.tracking import CronRun, CronStatus, RunningJob, WorkerBeat
+from worker.ops import status_text as statusfmt
+from worker.ops.dashboard import chart as svgchart
+from worker.ops.dashboard.page import chart_series, content_security_policy, render_page
+from worker.ops.status import DeadLetterInfo, FailedJobInfo, MinuteCount, Status, problems
+from worker.runtime.queuestats import QueueSample
+from worker.runtime.tracking import CronRun, CronStatus, RunningJob, WorkerBeat
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 SCRIPT = "<script>document.title='pwned'</script>"

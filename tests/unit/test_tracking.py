@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from worker import tracking
-from worker.tracking import CronRun, CronStatus, RunningJob, WorkerBeat
+from worker.runtime import tracking
+from worker.runtime.tracking import CronRun, CronStatus, RunningJob, WorkerBeat
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, 123000, tzinfo=UTC)
 QUEUE = "q"

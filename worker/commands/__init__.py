@@ -1,1 +1,1 @@
-"""CLI commands beyond the core ones in ``worker.cli``, one module per area; ``worker.cli`` registers them."""
+"""The ``eventworker`` command line: ``cli`` is the root group, and each other module one area of commands."""

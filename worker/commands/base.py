@@ -1,6 +1,6 @@
 """What every CLI command shares: settings or one clear line, running a coroutine, printing rows.
 
-Command modules import this, never ``worker.cli`` (which imports them to register them).
+Command modules import this, never ``worker.commands.cli`` (which imports them to register them).
 """
 
 from __future__ import annotations

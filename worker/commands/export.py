@@ -18,7 +18,7 @@ import click
 
 from worker.commands.base import run_or_exit, settings_or_exit
 from worker.config import Settings
-from worker.export import ExportFilter, ExportFormat, ExportProgress, parse_time, wants_gzip
+from worker.domain.export import ExportFilter, ExportFormat, ExportProgress, parse_time, wants_gzip
 
 if TYPE_CHECKING:
     from jobs.export import ExportSummary

@@ -51,7 +51,7 @@ def list_runs(status: str | None, limit: int, as_json: bool) -> None:
 
 async def _enqueue(settings: Settings) -> str | None:
     from jobs.handlers import enqueue_run_handlers
-    from worker.redis import connect
+    from worker.protocol.redis import connect
 
     try:
         redis = await connect(settings.redis_url)

@@ -1,6 +1,6 @@
 """``eventworker stats``: the event statistics report over the last window, as a table or JSON.
 
-It runs the code the ``event_stats`` job runs (:func:`worker.report.build_report`), on its
+It runs the code the ``event_stats`` job runs (:func:`worker.domain.report.build_report`), on its
 own engine sized by the usual pool settings.
 """
 
@@ -11,8 +11,8 @@ import orjson
 
 from worker.commands.base import run_or_exit, settings_or_exit
 from worker.config import Settings
+from worker.domain.report import Report, Window, build_report, format_table, to_json
 from worker.errors import InvalidArgument
-from worker.report import Report, Window, build_report, format_table, to_json
 
 
 async def _report(settings: Settings, window: Window, fan_out: bool) -> Report:

@@ -1,6 +1,6 @@
 """``eventworker status``, ``health`` (alias ``check``) and ``dashboard``: how the workers are doing.
 
-``status`` and the dashboard show the same :class:`~worker.status.Status`; ``health`` is the
+``status`` and the dashboard show the same :class:`~worker.ops.status.Status`; ``health`` is the
 narrow yes/no a container orchestrator asks. Exit codes of ``health``: 0 healthy,
 1 unhealthy (each problem on stderr), 2 configuration error (as every command).
 """
@@ -22,8 +22,8 @@ def status_command(as_json: bool, recent: int) -> None:
 
     Exits 1 when a part could not be read (the rest is still printed).
     """
-    from worker import statusfmt
-    from worker.status import gather_status
+    from worker.ops import status_text as statusfmt
+    from worker.ops.status import gather_status
 
     settings = settings_or_exit()
     status = run_or_exit(gather_status(settings, recent=recent), settings)
@@ -49,7 +49,7 @@ def health_command(worker_id: str | None, local: bool) -> None:
     Unhealthy: a heartbeat is missing or stale, Redis or the database is unreachable, or the
     database schema is behind this version.
     """
-    from worker.health import health
+    from worker.ops.health import health
 
     if worker_id is not None and local:
         raise click.UsageError("give --worker-id or --local, not both")
@@ -84,7 +84,7 @@ check_command = click.Command(
 )
 def dashboard_command(host: str | None, port: int | None, refresh: int | None) -> None:
     """Serve a read-only web page with the status, a chart of events per minute, and the dead letters."""
-    from worker.dashboard import DashboardServer
+    from worker.ops.dashboard.server import DashboardServer
 
     settings = settings_or_exit()
     server = DashboardServer(

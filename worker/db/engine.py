@@ -26,7 +26,7 @@ from worker.config import Settings
 from worker.constants import MAX_APPLICATION_NAME
 from worker.db import statements
 from worker.db.failures import is_asyncpg_out_of_step
-from worker.serialization import deserialize
+from worker.protocol.serialization import deserialize
 
 
 def _json_dumps(value: Any) -> str:

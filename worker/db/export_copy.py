@@ -2,7 +2,7 @@
 
 On asyncpg the server renders each event's NDJSON line (:data:`NDJSON_LINE`) and streams
 the lines through ``COPY``; the worker only writes bytes, with no per-row Python work. The
-lines are byte for byte those of :func:`worker.export.ndjson_lines` on the same rows
+lines are byte for byte those of :func:`worker.domain.export.ndjson_lines` on the same rows
 (``tests/integration/test_export_copy.py`` compares the two paths' files), because:
 
 - strings go through ``to_json(text)``, whose escaping is orjson's (``"``, ``\\``, the
@@ -19,8 +19,8 @@ lines are byte for byte those of :func:`worker.export.ndjson_lines` on the same 
 An event with any other extension value (a decimal such as ``1.10`` or ``1e-7``, an
 integer beyond 64 bits, which JSON decoders read differently, an object) could come out
 differently, so its line is
-instead a JSON array of the row in :data:`~worker.export.EXPORT_COLUMNS` order
-(:data:`ROW_ARRAY`), which :class:`worker.export.CopyLines` renders in Python, reading the
+instead a JSON array of the row in :data:`~worker.domain.export.EXPORT_COLUMNS` order
+(:data:`ROW_ARRAY`), which :class:`worker.domain.export.CopyLines` renders in Python, reading the
 extensions with the engine's own JSON decoder (:func:`json_loads`), as the generic path does.
 
 ``COPY`` runs in ``FORMAT csv`` with delimiter ``\\x01`` and quote ``\\x02``: a line never
@@ -40,7 +40,7 @@ from sqlalchemy import ColumnElement, Select, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.db import history
-from worker.export import EXPORT_COLUMNS, RECEIVED_ATTRIBUTE, SEQ_ATTRIBUTE, ExportFilter
+from worker.domain.export import EXPORT_COLUMNS, RECEIVED_ATTRIBUTE, SEQ_ATTRIBUTE, ExportFilter
 
 #: Drivers whose connection can stream ``COPY ... TO STDOUT`` to a callback.
 _COPY_DRIVERS = frozenset({"asyncpg"})
@@ -82,7 +82,7 @@ _EXTENSIONS = (
     " FROM jsonb_each(events.extensions) WITH ORDINALITY AS x(key, value, n))"
 )
 
-#: The event's NDJSON line without its newline, as :func:`worker.export.cloudevent` orders it;
+#: The event's NDJSON line without its newline, as :func:`worker.domain.export.cloudevent` orders it;
 #: NULL for an event :data:`ROW_ARRAY` stands in for.
 NDJSON_LINE = " || ".join(
     [
@@ -123,7 +123,7 @@ _ROW_VALUES = {
     "received_at": _utc("events.received_at"),
 }
 #: The row as a JSON array in EXPORT_COLUMNS order: times as RFC 3339 text, ``data`` and
-#: ``extensions`` as their JSON text (decoded by :func:`worker.export.row_from_array`).
+#: ``extensions`` as their JSON text (decoded by :func:`worker.domain.export.row_from_array`).
 ROW_ARRAY = f"json_build_array({', '.join(_ROW_VALUES[name] for name in EXPORT_COLUMNS)})::text"
 
 

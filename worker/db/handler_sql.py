@@ -1,4 +1,4 @@
-"""Statements over ``handler_runs``, the outbox of event handler runs (see :mod:`worker.handlers`).
+"""Statements over ``handler_runs``, the outbox of event handler runs (see :mod:`worker.domain.handlers`).
 
 A run is ``pending`` (``tries`` failed attempts so far), ``done`` or ``failed`` (out of tries,
 with ``last_error``). ``updated_at`` is when it last changed: a pending run that failed is
@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from worker.db.models import Event, HandlerRun
 from worker.db.statements import insert_ignoring_duplicates
-from worker.handlers import JITTER_BUCKETS, RetryTiming
+from worker.domain.handlers import JITTER_BUCKETS, RetryTiming
 
 HANDLER_RUNS: Table = HandlerRun.__table__  # type: ignore[assignment]
 

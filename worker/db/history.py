@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from worker.db.models import DeadLetter, Event
 from worker.db.types import UtcDateTime
-from worker.export import EXPORT_COLUMNS, ExportFilter
+from worker.domain.export import EXPORT_COLUMNS, ExportFilter
 
 EVENTS: Table = Event.__table__  # type: ignore[assignment]
 DEAD_LETTERS: Table = DeadLetter.__table__  # type: ignore[assignment]
@@ -105,7 +105,7 @@ def export_conditions(query: ExportFilter) -> list[ColumnElement[bool]]:
 
 
 def select_events(query: ExportFilter, driver: str | None = None) -> Select[Any]:
-    """The events matching ``query``, in :data:`~worker.export.EXPORT_COLUMNS` order, by ``seq``.
+    """The events matching ``query``, in :data:`~worker.domain.export.EXPORT_COLUMNS` order, by ``seq``.
 
     ``driver`` (the engine's, e.g. ``asyncpg``) lets the statement skip conversions it does itself.
     """

@@ -2,7 +2,7 @@
 
 Every query covers one window of arrival time, ``start <= received_at < end`` (events by
 their ``received_at``, dead letters by theirs), so the indexes on ``received_at`` bound the
-scan. The report runs three (:mod:`worker.report`), independent of each other, one after
+scan. The report runs three (:mod:`worker.domain.report`), independent of each other, one after
 another in one session or each in its own session at the same time:
 
 - :func:`window_counts`: the event count, counts by type and by source and the top subjects.

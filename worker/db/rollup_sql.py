@@ -6,11 +6,11 @@ A crash anywhere before the commit leaves rollups and checkpoint as they were.
 
 Counting happens on the server: :func:`count_range` is a ``GROUP BY`` returning one row per
 (bucket size, bucket, type, source), so only the groups cross the wire, not the events. Its
-buckets are exactly :func:`worker.rollups.bucket_start`'s, for every storable time (years 1 to
+buckets are exactly :func:`worker.domain.rollups.bucket_start`'s, for every storable time (years 1 to
 9999, before 1970, the last microsecond of a bucket; see :func:`_bucket_start_sql`), and types
 and sources are told apart byte for byte on every database. The check (``jobs.rollup.verify``)
 does not reuse that SQL: it reads the covered rows (:func:`covered_events`) and counts them
-with :func:`worker.rollups.count_events`, so the job and its check are independent code.
+with :func:`worker.domain.rollups.count_events`, so the job and its check are independent code.
 
 Which rows are new, and where is it safe to read up to
 -------------------------------------------------------
@@ -89,8 +89,8 @@ from worker.db.engine import Database
 from worker.db.models import Checkpoint, Event, Rollup
 from worker.db.statements import insert_ignoring_duplicates
 from worker.db.types import UtcDateTime
+from worker.domain.rollups import BUCKET_SECONDS, EventTimes, RollupKey
 from worker.errors import CheckpointMoved
-from worker.rollups import BUCKET_SECONDS, EventTimes, RollupKey
 
 #: The checkpoint row the rollups keep.
 CHECKPOINT: Final = "rollups"
@@ -240,7 +240,8 @@ def _in_range(dialect: str, read: ReadRange) -> tuple[ColumnElement[bool], Colum
 
 
 def _bucket_start_sql(dialect: str, moment: ColumnElement[Any], seconds: int) -> ColumnElement[datetime]:
-    """``moment`` cut to its bucket in SQL: :func:`worker.rollups.bucket_start`, exactly, for years 1 to 9999.
+    """``moment`` cut to its bucket in SQL: :func:`worker.domain.rollups.bucket_start`, exactly,
+    for years 1 to 9999.
 
     Calendar fields rather than arithmetic on seconds, so nothing is rounded or overflows:
     PostgreSQL truncates the UTC wall time; MySQL formats the time without its seconds and
@@ -299,7 +300,7 @@ def _grouped(dialect: str, read: ReadRange, seconds: int) -> Select[Any]:
 async def count_range(session: AsyncSession, read: ReadRange) -> Counter[RollupKey]:
     """The events in ``read`` counted per bucket of every size in ``BUCKET_SECONDS``, by the database.
 
-    Gives what :func:`worker.rollups.count_events` gives for the same rows; memory and traffic
+    Gives what :func:`worker.domain.rollups.count_events` gives for the same rows; memory and traffic
     grow with the number of buckets, not of events.
     """
     dialect = _dialect(session)
@@ -345,7 +346,7 @@ async def covered_events(
 async def upsert_rollups(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> int:
     """Add each row's ``count`` to its bucket, creating the bucket if new; return how many rows.
 
-    Rows must have distinct keys (as :func:`worker.rollups.rollup_rows` gives them):
+    Rows must have distinct keys (as :func:`worker.domain.rollups.rollup_rows` gives them):
     PostgreSQL refuses to update one row twice in one statement.
     """
     if not rows:

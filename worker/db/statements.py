@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from worker.db.models import DeadLetter, Event, FailedJob
-from worker.events import Rejection
+from worker.protocol.events import Rejection
 
 EVENTS: Table = Event.__table__  # type: ignore[assignment]
 DEAD_LETTERS: Table = DeadLetter.__table__  # type: ignore[assignment]

@@ -2,7 +2,7 @@
 
 arq keeps a job in the queue's sorted set (score: when it is due, ms since the epoch) from
 enqueue until it *finishes*, so the set mixes waiting and running jobs. The running ones are
-told apart with the workers' own records (:mod:`worker.tracking`), and the scores of those
+told apart with the workers' own records (:mod:`worker.runtime.tracking`), and the scores of those
 are read back with one ``ZMSCORE``: two pipelined round trips whatever the queue's size.
 """
 

@@ -1,14 +1,14 @@
 """Everything ``eventworker status`` and the dashboard show, gathered in one place.
 
 :func:`gather_status` reads Redis (the queue, the workers' records, running jobs, cron
-runs: :mod:`worker.tracking`, :mod:`worker.queuestats`) and the database (failed jobs,
+runs: :mod:`worker.runtime.tracking`, :mod:`worker.runtime.queuestats`) and the database (failed jobs,
 dead letters, handler runs, the rollup checkpoint and the minute rollups for the chart:
 :mod:`worker.db.status_sql`). The reads are independent, so they run at once in an
 ``asyncio.TaskGroup``, each database read in a short transaction of its own. A read that
 fails does not spoil the rest: its section stays empty and :attr:`Status.errors` says why.
 
 :func:`problems` is the pure verdict a person wants first: what is stuck, stale or failing.
-Formatting lives in :mod:`worker.statusfmt` (text, JSON) and :mod:`worker.dashboard_page`.
+Formatting lives in :mod:`worker.ops.status_text` (text, JSON) and :mod:`worker.ops.dashboard.page`.
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
-from worker import tracking
 from worker.config import Settings
 from worker.db import status_sql
 from worker.db.engine import Database
 from worker.db.models import DeadLetter, FailedJob
 from worker.db.status_sql import RollupLag
 from worker.logging import redact_text
-from worker.queuestats import QueueSample, sample_queue
-from worker.redis import connect
-from worker.tracking import CronStatus, RunningJob, WorkerBeat
+from worker.protocol.redis import connect
+from worker.runtime import tracking
+from worker.runtime.queuestats import QueueSample, sample_queue
+from worker.runtime.tracking import CronStatus, RunningJob, WorkerBeat
 
 T = TypeVar("T")
 

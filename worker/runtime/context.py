@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 if TYPE_CHECKING:
     from worker.config import Settings
     from worker.db.engine import Database
-    from worker.metrics import Metrics
-    from worker.monitor import Monitor
+    from worker.runtime.metrics import Metrics
+    from worker.runtime.monitor import Monitor
 
 
 class WorkerContext(TypedDict):

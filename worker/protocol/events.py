@@ -34,7 +34,7 @@ from pydantic_core import SchemaValidator
 from pydantic_core import core_schema as cs
 
 from worker.constants import MAX_ID_LENGTH, MAX_SOURCE_LENGTH, MAX_SUBJECT_LENGTH, MAX_TYPE_LENGTH
-from worker.serialization import JsonList
+from worker.protocol.serialization import JsonList
 
 #: CloudEvents: extension attribute names MUST be lower-case ASCII letters or digits.
 _EXTENSION_NAME = re.compile(r"[a-z0-9]+")

@@ -1,9 +1,9 @@
-"""The dashboard page: a :class:`~worker.status.Status` rendered as one HTML document. Pure: no I/O.
+"""The dashboard page: a :class:`~worker.ops.status.Status` rendered as one HTML document. Pure: no I/O.
 
 Server-rendered, with no script at all: every value goes through :func:`html.escape`
 (dead letters' payloads are whatever a producer sent, and must show as text, never run),
 the page reloads itself with ``<meta http-equiv="refresh">``, and the chart is inline SVG
-(:mod:`worker.svgchart`). The one ``<style>`` element carries the response's nonce, so the
+(:mod:`worker.ops.dashboard.chart`). The one ``<style>`` element carries the response's nonce, so the
 Content-Security-Policy (:func:`content_security_policy`) can forbid everything else.
 """
 
@@ -16,9 +16,9 @@ from typing import Any, Final
 
 import orjson
 
-from worker import svgchart
-from worker.status import MinuteCount, Status, problems
-from worker.tracking import CronStatus
+from worker.ops.dashboard import chart as svgchart
+from worker.ops.status import MinuteCount, Status, problems
+from worker.runtime.tracking import CronStatus
 
 #: Event types drawn as their own line; the rest are summed as "other types".
 CHART_SERIES: Final = 7

@@ -11,7 +11,7 @@ date (key prefixes in :mod:`worker.constants`, the queue name after them):
     crash shows, until :data:`FORGET_AFTER_S` later the next heartbeat of any worker drops it.
 ``eventworker:running:<queue>``
     arq job id -> :class:`RunningJob`. A worker writes its running jobs in one pipelined call
-    every :data:`worker.monitor.RUNNING_FLUSH_S` (a job that ends before that is never written)
+    every :data:`worker.runtime.monitor.RUNNING_FLUSH_S` (a job that ends before that is never written)
     and cron jobs at once; an entry is removed when its job ends. An entry past its deadline
     belongs to a worker that died mid-job.
 ``eventworker:cron:<queue>``

@@ -4,10 +4,10 @@
 ``on_shutdown``. It runs two background tasks:
 
 - the heartbeat, every ``health_check_interval``: this worker's record in Redis
-  (:mod:`worker.tracking`), which ``eventworker health`` and ``status`` read;
+  (:mod:`worker.runtime.tracking`), which ``eventworker health`` and ``status`` read;
 - the sampler, every ``metrics_sample_interval`` while metrics are served: queue depth,
   due jobs, jobs in progress, the oldest due job's age and the rollup lag, into the gauges
-  of :class:`~worker.metrics.Metrics`. Each sample opens a short transaction and returns its
+  of :class:`~worker.runtime.metrics.Metrics`. Each sample opens a short transaction and returns its
   connection to the pool; nothing is held between samples.
 
 The job runner reports each try through :func:`tracked`, which records which worker runs
@@ -32,18 +32,18 @@ from typing import TYPE_CHECKING, Any, Final
 
 from arq import Retry
 
-from worker import tracking
 from worker.db import status_sql
 from worker.errors import JobFailed
 from worker.logging import get_logger, redact_text
-from worker.queuestats import sample_queue
-from worker.tracking import RunningJob, WorkerBeat
+from worker.runtime import tracking
+from worker.runtime.queuestats import sample_queue
+from worker.runtime.tracking import RunningJob, WorkerBeat
 
 if TYPE_CHECKING:
     from worker.config import Settings
-    from worker.context import WorkerContext
     from worker.db.engine import Database
-    from worker.metrics import Metrics
+    from worker.runtime.context import WorkerContext
+    from worker.runtime.metrics import Metrics
 
 #: Longest a bookkeeping call to Redis may hold up a job.
 REDIS_TIMEOUT_S: Final = 2.0
@@ -60,7 +60,7 @@ def _now() -> datetime:
 
 
 def outcome_of(exc: BaseException | None) -> str:
-    """How a job try ended, as :data:`worker.tracking.OUTCOMES` names it."""
+    """How a job try ended, as :data:`worker.runtime.tracking.OUTCOMES` names it."""
     if exc is None:
         return "ok"
     if isinstance(exc, Retry):

@@ -4,7 +4,7 @@ Every failure is retried with exponential back-off and jitter (arq has none), ex
 permanent ones and those on the last try, which are recorded as failed jobs. A try that
 failed only because the database could not be reached is not the job's fault and has no
 last try: the job waits for the database, however long the outage
-(:func:`worker.jobrunner.job` gives that try back to arq).
+(:func:`worker.runtime.jobrunner.job` gives that try back to arq).
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """``eventworker dashboard``: the status page over HTTP, from the standard library's server.
 
-Read-only: ``GET /`` is the page (:mod:`worker.dashboard_page`), ``GET /status.json`` the
+Read-only: ``GET /`` is the page (:mod:`worker.ops.dashboard.page`), ``GET /status.json`` the
 same data as ``eventworker status --json``; anything else is 404, any other method 405.
 Requests are served by threads (``ThreadingHTTPServer``); they share one event loop in a
-thread of its own, where one :class:`~worker.status.StatusReader` keeps an engine and a
+thread of its own, where one :class:`~worker.ops.status.StatusReader` keeps an engine and a
 Redis pool, so a reload costs a few queries and no new connections. A status younger than
 :data:`CACHE_S` is served again, so many open tabs do not multiply the queries.
 
-Every response forbids scripts, frames and fetches (:func:`worker.dashboard_page.content_security_policy`);
-the page itself escapes everything it shows.
+Every response forbids scripts, frames and fetches
+(:func:`worker.ops.dashboard.page.content_security_policy`); the page itself escapes everything it shows.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
-from worker import statusfmt
 from worker.config import Settings
-from worker.dashboard_page import content_security_policy, render_page
 from worker.logging import get_logger
-from worker.status import Status, StatusReader
+from worker.ops import status_text as statusfmt
+from worker.ops.dashboard.page import content_security_policy, render_page
+from worker.ops.status import Status, StatusReader
 
 #: Seconds a gathered status is served again before it is read anew.
 CACHE_S: Final = 1.0

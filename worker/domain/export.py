@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from worker.serialization import OutOfRangeNumber
+from worker.protocol.serialization import OutOfRangeNumber
 
 #: The columns an export reads, in the order ``worker.db.history`` selects them.
 #: ``data`` is the stored JSON as text, so that it is copied out without being parsed.
@@ -159,7 +159,7 @@ def cloudevent(row: Sequence[Any]) -> dict[str, Any]:
 
 def _as_json_text(value: Any) -> Any:
     """``value`` as its JSON text if orjson refuses it: an integer beyond 64 bits, or a number
-    no float holds (both valid JSON, decoded exactly by :func:`worker.serialization.deserialize`)."""
+    no float holds (both valid JSON, decoded exactly by :func:`worker.protocol.serialization.deserialize`)."""
     if type(value) is int:
         return orjson.Fragment(str(value))
     if isinstance(value, OutOfRangeNumber):

@@ -65,7 +65,7 @@ class OutOfRangeNumber:
     """A JSON number no float can hold (``1e400``), as its text.
 
     It is valid JSON, but stored it would silently become ``null`` or ``Infinity``, so it is
-    not a JSON value to :func:`worker.events.validate_batch`: the event holding it is refused
+    not a JSON value to :func:`worker.protocol.events.validate_batch`: the event holding it is refused
     with a reason and kept as a dead letter, and the events beside it are stored.
     """
 
@@ -177,7 +177,7 @@ class JsonList(list[Any]):
 
     Everything in it came out of :func:`deserialize`, so it holds only dicts, lists, strings,
     numbers, booleans, None and :class:`OutOfRangeNumber` (which no JSON encoder takes, so
-    :func:`worker.events.validate_batch` sends it down its one-by-one path, where it is refused).
+    :func:`worker.protocol.events.validate_batch` sends it down its one-by-one path, where it is refused).
 
     arq builds the text of its per-job log line before it knows whether the line is logged:
     the repr of every argument, then cut to :data:`ARQ_LOG_CHARS`. For a batch of a thousand
@@ -198,7 +198,7 @@ class JsonList(list[Any]):
 
 
 class RawJson(bytes):
-    """JSON text handed over undecoded: an ingest job's events (see :mod:`worker.wire`).
+    """JSON text handed over undecoded: an ingest job's events (see :mod:`worker.domain.wire`).
 
     The worker's deserializer makes one only of valid UTF-8 that msgspec read as JSON holding no
     lone surrogate. Serialized (a failed job's record, a result), it is written as the JSON it is.

@@ -21,9 +21,9 @@ from worker.config import Settings, redact_redis_url, redact_url
 from worker.db import schema, statements
 from worker.db.engine import Database
 from worker.main import worker_settings
-from worker.producer import EventProducer
-from worker.redis import MEMORY_URL, memory_pool
-from worker.serialization import deserialize
+from worker.protocol.producer import EventProducer
+from worker.protocol.redis import MEMORY_URL, memory_pool
+from worker.protocol.serialization import deserialize
 
 DEMO_DATABASE_URL = "sqlite+aiosqlite:///eventworker-demo.sqlite3"
 TYPES = ("com.example.order.created", "com.example.order.paid", "com.example.user.signed_up")

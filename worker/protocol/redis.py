@@ -10,7 +10,7 @@ out, still loading its data after a restart), reconnecting with back-off for up 
 connection left stale by one is replaced on the first command. A worker's window is
 ``EVENTWORKER_REDIS_RETRY_WINDOW``; past it the error reaches arq and the worker exits, for
 its supervisor to restart. A producer's own connection retries only once at this level:
-:class:`~worker.producer.EventProducer` retries whole enqueues with its own back-off.
+:class:`~worker.protocol.producer.EventProducer` retries whole enqueues with its own back-off.
 
 A worker's pool (:func:`worker_pool`) also keeps its optimistic transactions (WATCH ...
 EXEC, how arq claims a job and enqueues a cron tick) alive across a reconnect; see
@@ -34,7 +34,7 @@ from redis.exceptions import AuthenticationError, AuthorizationError, WatchError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from worker.serialization import deserialize, serialize
+from worker.protocol.serialization import deserialize, serialize
 
 MEMORY_URL = "memory://"
 _memory_server: Any = None

@@ -1,4 +1,4 @@
-"""A :class:`~worker.status.Status` as text for a terminal, or as JSON for scripts. Pure: no I/O.
+"""A :class:`~worker.ops.status.Status` as text for a terminal, or as JSON for scripts. Pure: no I/O.
 
 The JSON keeps the dataclasses' field names, times as ISO 8601 UTC, and adds what is derived
 (``stale``, ``stuck``, ``running``, ``problems``) so that a script need not compute it.
@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from worker.status import Status, problems
-from worker.tracking import CronStatus
+from worker.ops.status import Status, problems
+from worker.runtime.tracking import CronStatus
 
 JsonDict = dict[str, Any]
 

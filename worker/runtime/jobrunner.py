@@ -1,6 +1,6 @@
 """What every eventworker job gets around it: log context, a time limit, retries, failure records.
 
-:func:`job` wraps a job coroutine. On a failure it asks :mod:`worker.retry` what to
+:func:`job` wraps a job coroutine. On a failure it asks :mod:`worker.runtime.retry` what to
 do: retry with back-off (arq ``Retry``), or record the job in ``failed_jobs`` with
 its arguments and error so the CLI can list and re-enqueue it. arq's own try limit
 is set :data:`RECORD_TRIES` above ours, so the try after the last one still runs
@@ -9,7 +9,7 @@ dropping the job. A try that failed only because the database could not be reach
 given back to arq (its try counter is decremented), so an outage of any length sends no
 job to ``failed_jobs``: the job waits with back-off, counted in ``eventworker:db-waits:<id>``.
 Each try is also reported to the worker's monitor
-(:func:`worker.monitor.tracked`), which records in Redis which worker runs it and,
+(:func:`worker.runtime.monitor.tracked`), which records in Redis which worker runs it and,
 for cron jobs, how their last run ended.
 """
 
@@ -26,13 +26,13 @@ import structlog
 from arq import Retry
 from arq.constants import retry_key_prefix
 
-from worker.context import WorkerContext
 from worker.db import statements
 from worker.errors import JobFailed
 from worker.logging import get_logger, redact_text
-from worker.monitor import tracked
-from worker.retry import DATABASE_UNAVAILABLE, GiveUp, RetryLater, backoff, decide
-from worker.serialization import serialize
+from worker.protocol.serialization import serialize
+from worker.runtime.context import WorkerContext
+from worker.runtime.monitor import tracked
+from worker.runtime.retry import DATABASE_UNAVAILABLE, GiveUp, RetryLater, backoff, decide
 
 #: Extra arq tries beyond ``max_tries`` in which a job only records its own failure.
 RECORD_TRIES = 2

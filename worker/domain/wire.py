@@ -1,13 +1,13 @@
 """The ingest job's fast path: rows straight from the job's JSON, with no pydantic model per event.
 
 The worker's deserializer hands an ingest job its events undecoded, as :class:`RawJson`
-(:func:`worker.serialization.job_deserializer`). msgspec splits the list and reads each event's
-attributes in C, with the types and lengths :class:`~worker.events.CloudEvent` allows; its times
+(:func:`worker.protocol.serialization.job_deserializer`). msgspec splits the list and reads each event's
+attributes in C, with the types and lengths :class:`~worker.protocol.events.CloudEvent` allows; its times
 are parsed by pydantic in one call for the batch, its ``data`` decoded by orjson on its own.
 
 What keeps this exact: an event takes this path only when every check CloudEvent's validators
 make is proven here. Anything else is "not sure", never "invalid": that event is decoded as the
-decoding path decodes it and goes to :func:`worker.events.validate_one`, so every row and every
+decoding path decodes it and goes to :func:`worker.protocol.events.validate_one`, so every row and every
 rejection is the same either way (``tests/unit/test_wire.py`` checks it on generated inputs).
 """
 
@@ -24,7 +24,7 @@ from pydantic_core import SchemaValidator
 from pydantic_core import core_schema as cs
 
 from worker.constants import MAX_ID_LENGTH, MAX_SOURCE_LENGTH, MAX_SUBJECT_LENGTH, MAX_TYPE_LENGTH
-from worker.events import (
+from worker.protocol.events import (
     _EXTENSION_NAME,
     _FIELDS,
     FirstOfEach,
@@ -34,7 +34,7 @@ from worker.events import (
     validate_batch,
     validate_one,
 )
-from worker.serialization import JsonList, RawJson, deserialize, may_hold_a_long_integer
+from worker.protocol.serialization import JsonList, RawJson, deserialize, may_hold_a_long_integer
 
 
 class _Attributes(msgspec.Struct):
@@ -95,7 +95,7 @@ def batch_rows(payload: Any, max_event_bytes: int, received_at: datetime, job_id
     """The rows, rejections and duplicates of an ingest job's argument, whichever form it came in.
 
     :class:`RawJson` (what the worker's deserializer hands over) takes the fast path; a decoded
-    value (a direct call, a test) goes through :func:`worker.events.validate_batch`.
+    value (a direct call, a test) goes through :func:`worker.protocol.events.validate_batch`.
     """
     if isinstance(payload, RawJson):
         made = _raw_rows(payload, max_event_bytes, received_at, job_id)

@@ -19,13 +19,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
-from worker import tracking
 from worker.config import Settings
 from worker.db import schema
 from worker.db.engine import Database
 from worker.logging import redact_text
-from worker.redis import connect
-from worker.tracking import WorkerBeat
+from worker.protocol.redis import connect
+from worker.runtime import tracking
+from worker.runtime.tracking import WorkerBeat
 
 #: Longest each of the Redis and database checks may take: they run at once, within Docker's
 #: default 30 s health-check timeout and the image's 10 s one.

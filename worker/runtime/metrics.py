@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.pool import Pool
 
-    from worker.events import Rejection
+    from worker.protocol.events import Rejection
 
 #: Distinct values kept per producer-controlled label before the rest become "other".
 MAX_LABEL_VALUES = 50

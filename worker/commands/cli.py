@@ -15,7 +15,7 @@ import click
 
 from worker.commands.base import print_rows, run_or_exit, settings_or_exit, with_session
 from worker.config import env_example, redact_url
-from worker.serialization import deserialize
+from worker.protocol.serialization import deserialize
 
 T = TypeVar("T")
 EXIT_CONFIG = 2
@@ -76,7 +76,7 @@ def _read_ndjson(stream: IO[bytes]) -> Iterator[Any]:
 )
 def enqueue(source: IO[bytes], batch_size: int | None) -> None:
     """Enqueue newline-delimited JSON events from SOURCE (a file, or - for stdin)."""
-    from worker.producer import EventProducer
+    from worker.protocol.producer import EventProducer
 
     settings = settings_or_exit()
 
@@ -103,7 +103,7 @@ def enqueue(source: IO[bytes], batch_size: int | None) -> None:
 @click.option("--events", "count", type=click.IntRange(min=1), default=5000, show_default=True)
 def demo(count: int) -> None:
     """Run a worker on sample events (embedded SQLite and Redis stand-in unless the URLs are set)."""
-    from worker import demo as demo_module
+    from worker.commands import demo as demo_module
 
     settings = settings_or_exit()
     for line in demo_module.main(settings, count):
@@ -158,7 +158,7 @@ def failed_list(include_requeued: bool, limit: int, as_json: bool) -> None:
 def failed_requeue(ids: tuple[int, ...]) -> None:
     """Enqueue failed jobs IDS again, with their original arguments."""
     from worker.db import statements
-    from worker.redis import connect
+    from worker.protocol.redis import connect
 
     settings = settings_or_exit()
 

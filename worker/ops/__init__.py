@@ -1,0 +1,1 @@
+"""Observation for operators: ``status``, ``health`` and the dashboard, read from Redis and the database."""
