@@ -6,10 +6,11 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import WatchError
 
+from worker.backoff import backoff
 from worker.constants import INGEST_JOB
 from worker.errors import EnqueueError
 from worker.main import ARQ_TRY_LIMIT, CRON_TICK_KEPT_S, worker_settings
-from worker.protocol.producer import EventProducer, retry_delay
+from worker.protocol.producer import EventProducer
 from worker.protocol.redis import command_retry, redacted, retries_within
 from worker.protocol.serialization import deserialize
 
@@ -31,7 +32,9 @@ def event(i: int) -> dict:
 )
 def test_producer_retry_delay(attempt, rand, expected):
     """Back-off between enqueue tries: 0.2 s doubling, capped at 2 s, the second half random."""
-    assert retry_delay(attempt, 0.2, 2.0, rand) == pytest.approx(expected)
+    producer = EventProducer()  # connects on entry only: its defaults are what is read here
+    delay = backoff(attempt, producer.retry_delay, producer.retry_max_delay, lambda: rand)
+    assert delay == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(("window", "retries"), [(0, 1), (0.1, 1), (1.0, 4), (30.0, 19)])

@@ -43,10 +43,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from worker.backoff import backoff
 from worker.constants import MAX_TYPE_LENGTH
 from worker.errors import ConfigError
 from worker.protocol.events import CloudEvent
-from worker.runtime.retry import backoff
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -248,7 +248,7 @@ JITTER_BUCKETS = 4
 
 @dataclass(frozen=True, slots=True)
 class RetryTiming:
-    """When a failed run is tried again: ``worker.runtime.retry.backoff`` after its last failure.
+    """When a failed run is tried again: ``worker.backoff.backoff`` after its last failure.
 
     The jitter is taken from the run's id (one of :data:`JITTER_BUCKETS` fractions) instead of
     a random draw, so the due time ``updated_at + delay(id, tries)`` is the same whenever it is

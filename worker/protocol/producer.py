@@ -23,7 +23,6 @@ restart only if Redis persists it (AOF, see the README's "Guarantees").
 from __future__ import annotations
 
 import asyncio
-import random
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
@@ -34,6 +33,7 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 from redis.exceptions import WatchError
 
+from worker.backoff import backoff
 from worker.constants import DEFAULT_QUEUE, INGEST_JOB
 from worker.errors import EnqueueError
 from worker.protocol.events import CloudEvent
@@ -61,12 +61,6 @@ def batches(events: Iterable[EventLike], size: int) -> Iterator[list[Any]]:
     iterator = iter(events)
     while chunk := list(islice(iterator, size)):
         yield [_as_json(event) for event in chunk]
-
-
-def retry_delay(attempt: int, base: float, cap: float, rand: float) -> float:
-    """Seconds before try ``attempt + 1``: ``base * 2**(attempt-1)`` capped, the second half random."""
-    delay = min(cap, base * 2.0 ** min(max(attempt - 1, 0), 64))
-    return delay / 2 + rand * delay / 2
 
 
 class EventProducer:
@@ -168,7 +162,7 @@ class EventProducer:
                 raise EnqueueError(
                     redacted(self.redis_url), job_id, tries, failure, _enqueued or []
                 ) from failure
-            await asyncio.sleep(retry_delay(attempt, self.retry_delay, self.retry_max_delay, random.random()))
+            await asyncio.sleep(backoff(attempt, self.retry_delay, self.retry_max_delay))
         raise AssertionError("unreachable: the last try returns or raises")  # pragma: no cover
 
     async def emit(self, events: Iterable[EventLike]) -> list[str]:

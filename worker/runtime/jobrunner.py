@@ -26,13 +26,14 @@ import structlog
 from arq import Retry
 from arq.constants import retry_key_prefix
 
+from worker.backoff import backoff
 from worker.db import statements
 from worker.errors import JobFailed
 from worker.logging import get_logger, redact_text
 from worker.protocol.serialization import serialize
 from worker.runtime.context import WorkerContext
 from worker.runtime.monitor import tracked
-from worker.runtime.retry import DATABASE_UNAVAILABLE, GiveUp, RetryLater, backoff, decide
+from worker.runtime.retry import DATABASE_UNAVAILABLE, GiveUp, RetryLater, decide
 
 #: Extra arq tries beyond ``max_tries`` in which a job only records its own failure.
 RECORD_TRIES = 2

@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from worker.backoff import backoff
 from worker.db.failures import is_connection_error
 from worker.errors import PermanentError
 
@@ -36,15 +37,6 @@ class GiveUp:
 
 
 Decision = RetryLater | GiveUp
-
-
-def backoff(job_try: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
-    """Delay before the try after ``job_try``: ``base * 2**(try-1)`` capped, with equal jitter.
-
-    Half the delay is fixed and half random, so retries spread out but never come at once.
-    """
-    delay = min(cap, base * 2.0 ** min(max(job_try - 1, 0), 64))  # 2**64: past any cap, no overflow
-    return delay / 2 + rand() * delay / 2
 
 
 def classify(exc: BaseException) -> str:
