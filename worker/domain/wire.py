@@ -25,8 +25,8 @@ from pydantic_core import core_schema as cs
 
 from worker.constants import MAX_ID_LENGTH, MAX_SOURCE_LENGTH, MAX_SUBJECT_LENGTH, MAX_TYPE_LENGTH
 from worker.protocol.events import (
-    _EXTENSION_NAME,
-    _FIELDS,
+    ATTRIBUTES,
+    EXTENSION_NAME,
     FirstOfEach,
     Rejection,
     event_row,
@@ -60,7 +60,7 @@ class _ClosedAttributes(_Attributes, forbid_unknown_fields=True):
     """An event with no extension attributes (most are)."""
 
 
-assert set(_Attributes.__struct_fields__) == _FIELDS, "the wire form must declare CloudEvent's attributes"
+assert set(_Attributes.__struct_fields__) == ATTRIBUTES, "the wire form must declare CloudEvent's attributes"
 
 _EVENTS = msgspec.json.Decoder(list[Raw])
 _CLOSED = msgspec.json.Decoder(_ClosedAttributes)
@@ -205,9 +205,9 @@ def _extensions(text: bytes) -> dict[str, Any] | None:
     """The extension attributes of an event, if each is a storable one; None if any may not be."""
     extensions = {}
     for name, value in _KEYS.decode(text).items():
-        if name in _FIELDS:
+        if name in ATTRIBUTES:
             continue
-        if not _EXTENSION_NAME.fullmatch(name):
+        if not EXTENSION_NAME.fullmatch(name):
             return None
         try:
             extensions[name] = _EXTENSION_VALUE.decode(value)

@@ -37,7 +37,7 @@ from worker.constants import MAX_ID_LENGTH, MAX_SOURCE_LENGTH, MAX_SUBJECT_LENGT
 from worker.protocol.serialization import JsonList
 
 #: CloudEvents: extension attribute names MUST be lower-case ASCII letters or digits.
-_EXTENSION_NAME = re.compile(r"[a-z0-9]+")
+EXTENSION_NAME = re.compile(r"[a-z0-9]+")
 
 NonEmpty = Annotated[str, Field(min_length=1)]
 #: A number in a string: pydantic would read it as a Unix timestamp, which RFC 3339 is not.
@@ -96,7 +96,7 @@ class CloudEvent(BaseModel):
     @model_validator(mode="after")
     def _check_extensions(self) -> CloudEvent:
         for name, extension in (self.model_extra or {}).items():
-            if not _EXTENSION_NAME.fullmatch(name):
+            if not EXTENSION_NAME.fullmatch(name):
                 raise ValueError(
                     f"extension attribute {name!r}: names are lower-case letters and digits only"
                 )
@@ -112,6 +112,10 @@ class CloudEvent(BaseModel):
     def to_json_dict(self) -> dict[str, Any]:
         """The event in CloudEvents JSON form (what a producer sends)."""
         return self.model_dump(mode="json", exclude_none=True)
+
+
+#: The attributes CloudEvent declares; any other key of an event is an extension.
+ATTRIBUTES = frozenset(CloudEvent.model_fields)
 
 
 def _json_type(value: Any) -> str:
@@ -277,8 +281,6 @@ def validate_one(value: Any, max_event_bytes: int, position: int = 0) -> CloudEv
         return Rejection(raw, "invalid", _errors(exc), position, source, event_id)
 
 
-#: The attributes CloudEvent declares; any other key of an event is an extension.
-_FIELDS = frozenset(CloudEvent.model_fields)
 #: orjson options under which it refuses, instead of converting, what is not plain JSON data
 #: (datetimes, dataclasses, subclasses of str/int/dict/list); the bytes are the same otherwise.
 _PLAIN_JSON = (
@@ -315,7 +317,7 @@ def _fast_validator() -> SchemaValidator:
         "data": cs.model_field(cs.with_default_schema(cs.any_schema(), default=None)),
         "data_base64": cs.model_field(_optional(text())),
     }
-    assert fields.keys() == _FIELDS, "the fast validator must declare exactly CloudEvent's attributes"
+    assert fields.keys() == ATTRIBUTES, "the fast validator must declare exactly CloudEvent's attributes"
     event = cs.model_schema(
         CloudEvent,
         cs.model_fields_schema(fields, extra_behavior="allow", model_name="CloudEvent"),
@@ -368,11 +370,11 @@ def _screen_shape(value: dict[str, Any]) -> bool:
         return False
     if value.get("data") is not None and value.get("data_base64") is not None:
         return False
-    if _FIELDS.issuperset(value):
+    if ATTRIBUTES.issuperset(value):
         return True
     return all(
-        _EXTENSION_NAME.fullmatch(name) and isinstance(value[name], str | int | float | bool)
-        for name in value.keys() - _FIELDS
+        EXTENSION_NAME.fullmatch(name) and isinstance(value[name], str | int | float | bool)
+        for name in value.keys() - ATTRIBUTES
     )
 
 
