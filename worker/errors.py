@@ -6,23 +6,19 @@
     ├── ConfigError                  a setting is invalid (names the setting)
     ├── SchemaBehindError            the database is not migrated to this version (names the command)
     ├── EnqueueError                 a producer could not enqueue after its tries (names the job id)
-    ├── RetryableError               trying again later may succeed
-    │   ├── DatabaseUnavailable      connection refused, dropped, server restarting
+    ├── RetryableError               trying again later may succeed: retried, and recorded after the last try
+    │   ├── DatabaseUnavailable      the database cannot be reached: retried without using up a try
     │   └── CheckpointMoved          another run moved a checkpoint first (names the checkpoint)
-    └── PermanentError               trying again will not help
-        ├── InvalidEvent             an event failed validation (kept as a dead letter)
-        ├── UndecodableJob           a job's bytes in Redis were not our JSON (kept as a dead letter)
+    └── PermanentError               trying again will not help: recorded in failed_jobs at once
         ├── InvalidArgument          a job or command was given an unusable argument (names it)
         └── JobFailed                a job used its last try (recorded in failed_jobs)
 
-Jobs never let a driver exception escape unclassified: ``worker.runtime.retry`` maps
-any exception to "retry with back-off" or "record as failed".
+Jobs never let a driver exception escape unclassified: ``worker.runtime.retry.classify`` reads
+this tree first (and the driver's connection errors, which count as ``DatabaseUnavailable``),
+so any exception ends as "retry with back-off" or "record as failed".
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from typing import Any
 
 
 class EventWorkerError(Exception):
@@ -96,21 +92,6 @@ class CheckpointMoved(RetryableError):
 
 class PermanentError(EventWorkerError):
     """A failure that another try would repeat."""
-
-
-class InvalidEvent(PermanentError):
-    """An event failed validation."""
-
-    def __init__(self, errors: Sequence[dict[str, Any]]) -> None:
-        self.errors = list(errors)
-        summary = "; ".join(
-            f"{'.'.join(map(str, e.get('loc', ()))) or '<event>'}: {e.get('msg')}" for e in errors
-        )
-        super().__init__(f"invalid event: {summary}")
-
-
-class UndecodableJob(PermanentError):
-    """A job's payload in Redis is not eventworker's JSON format."""
 
 
 class InvalidArgument(PermanentError):

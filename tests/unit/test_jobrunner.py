@@ -17,7 +17,7 @@ from arq.constants import retry_key_prefix
 from sqlalchemy import select
 
 from worker.db.models import FailedJob
-from worker.errors import DatabaseUnavailable, InvalidEvent, JobFailed
+from worker.errors import DatabaseUnavailable, InvalidArgument, JobFailed
 from worker.protocol.redis import memory_pool
 from worker.runtime.jobrunner import DB_WAITS_PREFIX, DB_WAITS_TTL_S, job
 
@@ -92,9 +92,7 @@ async def test_failure_on_the_last_try_is_recorded(make_ctx, db, settings):
     assert f"failed job {record.id}" in str(caught.value)
 
 
-@pytest.mark.parametrize(
-    "exc", [InvalidEvent([{"loc": ("id",), "msg": "Field required"}]), JobFailed(1, "x")]
-)
+@pytest.mark.parametrize("exc", [InvalidArgument("window", "1x", "not a duration"), JobFailed(1, "x")])
 async def test_permanent_failure_is_recorded_on_the_first_try(make_ctx, db, exc):
     """A permanent error is not retried: it is recorded at once."""
     export_orders = failing(exc)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import exc as sa_exc
 
-from worker.errors import DatabaseUnavailable, InvalidEvent, JobFailed, PermanentError, UndecodableJob
+from worker.errors import (
+    CheckpointMoved,
+    DatabaseUnavailable,
+    InvalidArgument,
+    JobFailed,
+    PermanentError,
+    RetryableError,
+)
 from worker.runtime.retry import GiveUp, RetryLater, classify, decide
 
 
@@ -22,8 +29,7 @@ def operational_error() -> sa_exc.OperationalError:
     ("exc", "kind"),
     [
         (PermanentError(), "permanent"),
-        (InvalidEvent([{"loc": ("id",), "msg": "Field required"}]), "permanent"),
-        (UndecodableJob(), "permanent"),
+        (InvalidArgument("window", "1x", "not a duration"), "permanent"),
         (JobFailed(7, "boom"), "permanent"),
         (TimeoutError(), "timeout"),
         (operational_error(), "database_unavailable"),
@@ -33,6 +39,8 @@ def operational_error() -> sa_exc.OperationalError:
         (ConnectionRefusedError(111, "Connection refused"), "database_unavailable"),
         (ConnectionResetError(), "database_unavailable"),
         (DatabaseUnavailable(), "database_unavailable"),
+        (CheckpointMoved("rollups", 7), "retryable"),
+        (RetryableError("try later"), "retryable"),
         (ValueError("bad"), "unexpected"),
         (KeyError("k"), "unexpected"),
         (sa_exc.IntegrityError("INSERT", {}, Exception("NOT NULL constraint failed")), "unexpected"),
@@ -48,7 +56,7 @@ def test_classify(exc, kind):
     ("exc", "job_try", "max_tries", "expected"),
     [
         (PermanentError("nope"), 1, 5, GiveUp("permanent")),
-        (InvalidEvent([]), 3, 5, GiveUp("permanent")),
+        (InvalidArgument("limit", 0, "must be 1 or more"), 3, 5, GiveUp("permanent")),
         (RuntimeError("boom"), 5, 5, GiveUp("unexpected, last of 5 tries")),
         (RuntimeError("boom"), 6, 5, GiveUp("unexpected, last of 5 tries")),
         (operational_error(), 1, 1, RetryLater(1.0, "database_unavailable")),  # no last try
@@ -61,6 +69,8 @@ def test_classify(exc, kind):
         (ConnectionRefusedError(), 3, 5, RetryLater(4.0, "database_unavailable")),
         (DatabaseUnavailable(), 1, 5, RetryLater(1.0, "database_unavailable")),
         (TimeoutError(), 1, 5, RetryLater(1.0, "timeout")),
+        (CheckpointMoved("rollups", 7), 2, 5, RetryLater(2.0, "retryable")),
+        (CheckpointMoved("rollups", 7), 5, 5, GiveUp("retryable, last of 5 tries")),
         (ValueError("bad"), 2, 5, RetryLater(2.0, "unexpected")),
     ],
 )

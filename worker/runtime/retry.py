@@ -15,10 +15,14 @@ from dataclasses import dataclass
 
 from worker.backoff import backoff
 from worker.db.failures import is_connection_error
-from worker.errors import PermanentError
+from worker.errors import DatabaseUnavailable, PermanentError, RetryableError
 
 #: The kind of failure that does not use up a try.
 DATABASE_UNAVAILABLE = "database_unavailable"
+#: The kind of failure given up on at once.
+PERMANENT = "permanent"
+#: The kind of an eventworker error that says another try may succeed (``RetryableError``).
+RETRYABLE = "retryable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +44,19 @@ Decision = RetryLater | GiveUp
 
 
 def classify(exc: BaseException) -> str:
-    """A short name for the kind of failure, for logs and decisions."""
+    """A short name for the kind of failure, for logs and decisions.
+
+    The error tree of :mod:`worker.errors` is read first: a ``PermanentError`` is permanent, a
+    ``DatabaseUnavailable`` is :data:`DATABASE_UNAVAILABLE` and any other ``RetryableError`` is
+    :data:`RETRYABLE`. Then what comes from outside eventworker: time limits, and the drivers'
+    connection errors.
+    """
     if isinstance(exc, PermanentError):
-        return "permanent"
+        return PERMANENT
+    if isinstance(exc, DatabaseUnavailable):
+        return DATABASE_UNAVAILABLE
+    if isinstance(exc, RetryableError):
+        return RETRYABLE
     if isinstance(exc, TimeoutError):  # the job's own time limit, or a connect timeout
         return "timeout"
     if is_connection_error(exc):
@@ -65,7 +79,7 @@ def decide(
     and the job itself did nothing wrong. For it ``job_try`` counts the waits so far, for the back-off.
     """
     kind = classify(exc)
-    if kind == "permanent":
+    if kind == PERMANENT:
         return GiveUp(kind)
     if job_try >= max_tries and kind != DATABASE_UNAVAILABLE:
         return GiveUp(f"{kind}, last of {max_tries} tries")
