@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -311,7 +312,7 @@ def redact_redis_url(url: str) -> str:
     return url.replace(f":{password}@", ":***@", 1) if password else url
 
 
-def _env_name(field: str) -> str:
+def env_name(field: str) -> str:
     """The variable a setting is read from; ``field`` is a field name or an alias from an error's loc."""
     name = field.upper()
     return name if name in {"DATABASE_URL", "REDIS_URL"} else ENV_PREFIX + name.removeprefix(ENV_PREFIX)
@@ -332,7 +333,7 @@ def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Setti
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "settings"
         message = str(first["msg"]).removeprefix("Value error, ")
-        name = _env_name(field)
+        name = env_name(field)
         prefixed = ENV_PREFIX + name
         if name in {"DATABASE_URL", "REDIS_URL"} and name not in os.environ and prefixed in os.environ:
             name = prefixed  # the error names the variable that was actually set
@@ -351,13 +352,17 @@ def env_example() -> str:
     ]
     for name, field in Settings.model_fields.items():
         lines += [f"# {line}" for line in textwrap.wrap(field.description or "", 100)]
-        default = field.get_default(call_default_factory=True)
-        if default is None or default == []:
-            lines.append(f"# {_env_name(name)}=")
-        elif isinstance(default, list):
-            lines.append(f"{_env_name(name)}={','.join(map(str, default))}")
-        else:
-            value = str(default).lower() if isinstance(default, bool) else str(default)
-            lines.append(f"{_env_name(name)}={value}")
+        value = example_value(field)
+        lines.append(f"{env_name(name)}={value}" if value else f"# {env_name(name)}=")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def example_value(field: FieldInfo) -> str:
+    """A setting's default as its variable would be written; empty when it has none (unset)."""
+    default = field.get_default(call_default_factory=True)
+    if default is None or default == []:
+        return ""
+    if isinstance(default, list):
+        return ",".join(map(str, default))
+    return str(default).lower() if isinstance(default, bool) else str(default)
