@@ -4,6 +4,8 @@
     python3 dev.py demo      # the demo, on embedded SQLite + in-process Redis unless the URLs are set
     python3 dev.py test      # the whole test suite (needs PostgreSQL and Redis, see README)
     python3 dev.py lint      # ruff and mypy
+    python3 dev.py docs      # build the documentation site strictly into docs/_build/html
+    python3 dev.py docs-serve  # serve it on http://127.0.0.1:8000, rebuilt as pages change
     python3 dev.py setup     # only create .venv with everything the tests need
 
 Extra arguments go to the underlying command (e.g. ``python3 dev.py test -k ingest``).
@@ -22,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+DOCS = ["docs", "docs/_build/html"]  # the site's sources and where it is built
 
 
 def _ensure_venv(extras: str) -> None:
@@ -66,6 +69,14 @@ def main(argv: list[str]) -> int:
             [str(BIN / "mypy")],
         ]
         return max(_run(check) for check in checks)
+    if task == "docs":
+        _ensure_venv("dev")
+        # -W: a warning (a broken link, a page outside every toctree) fails the build. -E: read every
+        # page again, as the reference pages are rendered from the code, which Sphinx does not watch.
+        return _run([str(BIN / "sphinx-build"), "-E", "-W", "--keep-going", "-q", "-b", "html", *DOCS, *rest])
+    if task == "docs-serve":
+        _ensure_venv("dev")
+        return _run([str(BIN / "sphinx-autobuild"), *DOCS, "--port", "8000", *rest])
     print(__doc__.strip())
     return 0 if task in {"help", "-h", "--help"} else 2
 
