@@ -32,7 +32,6 @@ from worker.domain.handlers import (
     HandlerRegistry,
     Registration,
     RetryTiming,
-    StoredEvent,
     configured_registry,
     error_text,
 )
@@ -97,9 +96,9 @@ async def _attempt(
 ) -> Exception | None:
     """Call the handler on the run's event inside a savepoint; the exception it raised, if any."""
     try:
-        if row is None:
+        if row is None:  # a guard: the foreign key's ON DELETE CASCADE takes a run away with its event
             raise LookupError("the event is no longer stored")
-        event = StoredEvent.from_row(row)
+        event = handler_sql.stored_event(row)
         async with session.begin_nested(), asyncio.timeout(time_limit):
             await registration.call(event, session)
     except Exception as exc:
@@ -120,8 +119,7 @@ async def run_one(ctx: WorkerContext, registry: HandlerRegistry, run_id: int, tr
         if run is None or registration is None:
             return "skipped"
         started = time.perf_counter()
-        row = await handler_sql.stored_event(session, run.event_seq)
-        exc = await _attempt(registration, row, session, settings.job_timeout * HANDLER_TIMEOUT_SHARE)
+        exc = await _attempt(registration, run.event, session, settings.job_timeout * HANDLER_TIMEOUT_SHARE)
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
         context = {"handler": run.handler, "run_id": run.id, "event_seq": run.event_seq, "try": run.tries + 1}
         if exc is None:

@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 import pytest
 
 from worker.config import load_settings
+from worker.db.handler_sql import stored_event
 from worker.db.models import Event
 from worker.domain import handlers
 from worker.domain.handlers import (
     JITTER_BUCKETS,
     HandlerRegistry,
     RetryTiming,
-    StoredEvent,
     bucket_fraction,
     load_handler_modules,
     parse_module_list,
@@ -211,7 +211,7 @@ def test_a_handler_receives_the_event_as_it_was_sent():
         extensions={"traceparent": "00-abc", "priority": 3},
         received_at=received,
     )
-    stored = StoredEvent.from_row(row)
+    stored = stored_event(row)
     assert (stored.seq, stored.received_at) == (42, received)
     assert stored.event.to_json_dict() == {
         "specversion": "1.0",

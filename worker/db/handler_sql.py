@@ -1,4 +1,5 @@
-"""Statements over ``handler_runs``, the outbox of event handler runs (see :mod:`worker.domain.handlers`).
+"""Statements over ``handler_runs``, the outbox of event handler runs (see :mod:`worker.domain.handlers`),
+and the :class:`~worker.domain.handlers.StoredEvent` a handler receives, made from its ``events`` row.
 
 A run is ``pending`` (``tries`` failed attempts so far), ``done`` or ``failed`` (out of tries,
 with ``last_error``). ``updated_at`` is when it last changed: a pending run that failed is
@@ -25,10 +26,12 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Table, and_, func, literal_column, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
 
 from worker.db.models import Event, HandlerRun
 from worker.db.statements import insert_ignoring_duplicates
-from worker.domain.handlers import JITTER_BUCKETS, RetryTiming
+from worker.domain.handlers import JITTER_BUCKETS, RetryTiming, StoredEvent
+from worker.protocol.events import CloudEvent
 
 HANDLER_RUNS: Table = HandlerRun.__table__  # type: ignore[assignment]
 
@@ -121,21 +124,41 @@ async def due_runs(
 async def claim_run(session: AsyncSession, run_id: int, tries: int) -> HandlerRun | None:
     """Lock run ``run_id`` for this transaction if it is still pending after ``tries`` failures.
 
-    None when another worker holds it, finished it, or failed it again since it was listed.
+    The run comes with its event loaded (``run.event``). None when another worker holds it,
+    finished it, or failed it again since it was listed.
     """
+    # selectinload, not joinedload: the event comes in a second, plain SELECT by primary key
+    # (none at all when no run was claimed). A join would put the events row under the same
+    # FOR UPDATE SKIP LOCKED: the event's other runs, held by other workers, would be skipped
+    # as locked, and MariaDB has no FOR UPDATE OF to lock only handler_runs. Not awaitable_attrs
+    # either: ``HandlerRun.event`` is lazy="raise", and every claimed run needs its event.
+    with_event = selectinload(HandlerRun.event)
     still_due = (HandlerRun.id == run_id, HandlerRun.status == PENDING, HandlerRun.tries == tries)
     if session.get_bind().dialect.name == "sqlite":
         claim = update(HANDLER_RUNS).where(*still_due).values(status=PENDING).returning(HANDLER_RUNS.c.id)
         if (await session.execute(claim)).scalar_one_or_none() is None:
             return None
-        return await session.get(HandlerRun, run_id)
-    statement = select(HandlerRun).where(*still_due).with_for_update(skip_locked=True)
+        return await session.get(HandlerRun, run_id, options=[with_event])
+    statement = select(HandlerRun).where(*still_due).options(with_event).with_for_update(skip_locked=True)
     return (await session.scalars(statement)).one_or_none()
 
 
-async def stored_event(session: AsyncSession, seq: int) -> Event | None:
-    """The ``events`` row a run is for (loaded explicitly: ``HandlerRun.event`` never loads itself)."""
-    return (await session.scalars(select(Event).where(Event.seq == seq))).one_or_none()
+def stored_event(row: Event) -> StoredEvent:
+    """What a handler receives for an ``events`` row: the CloudEvent again, with its seq and received_at."""
+    fields: dict[str, Any] = {
+        **(row.extensions or {}),
+        "specversion": row.specversion,
+        "id": row.event_id,
+        "source": row.source,
+        "type": row.type,
+        "time": row.time.isoformat() if row.time else None,
+        "subject": row.subject,
+        "datacontenttype": row.datacontenttype,
+        "dataschema": row.dataschema,
+        "data": row.data,
+        "data_base64": row.data_base64,
+    }
+    return StoredEvent(seq=row.seq, event=CloudEvent.model_validate(fields), received_at=row.received_at)
 
 
 async def mark_done(session: AsyncSession, run: HandlerRun, now: datetime) -> None:

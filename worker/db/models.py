@@ -5,7 +5,10 @@ them with ``seq`` (a bigint identity) for ordering and checkpoints.
 ``dead_letters`` keeps every input that was not a storable event, byte for byte.
 ``failed_jobs`` keeps jobs that used their last try, so they can be re-driven.
 Timestamps are always written by the worker in UTC (no server defaults: they differ per
-database). Relationships, where added, are ``lazy="raise"``: loading is always explicit.
+database). Relationships are ``lazy="raise"``: loading is always explicit, in the statement that
+needs the related row (``HandlerRun.event``: ``selectinload`` in ``handler_sql.claim_run``). Only
+relationships the code reads are declared: dead letters and failed jobs name their job by id,
+with no row to link to.
 """
 
 from __future__ import annotations
@@ -174,4 +177,5 @@ class HandlerRun(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
+    #: Never loads by itself: touching it unloaded raises (see handler_sql.claim_run for the loading).
     event: Mapped[Event] = relationship(lazy="raise")

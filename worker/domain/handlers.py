@@ -53,7 +53,6 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from worker.config import Settings
-    from worker.db.models import Event
 
 #: Where :func:`load_handler_modules` reads the modules to import when given none.
 MODULES_VARIABLE = "EVENTWORKER_HANDLER_MODULES"
@@ -71,24 +70,6 @@ class StoredEvent:
     """The event, as it was received (extensions included)."""
     received_at: datetime
     """When it was stored (aware UTC)."""
-
-    @classmethod
-    def from_row(cls, row: Event) -> StoredEvent:
-        """The stored event of an ``events`` row."""
-        fields: dict[str, Any] = {
-            **(row.extensions or {}),
-            "specversion": row.specversion,
-            "id": row.event_id,
-            "source": row.source,
-            "type": row.type,
-            "time": row.time.isoformat() if row.time else None,
-            "subject": row.subject,
-            "datacontenttype": row.datacontenttype,
-            "dataschema": row.dataschema,
-            "data": row.data,
-            "data_base64": row.data_base64,
-        }
-        return cls(seq=row.seq, event=CloudEvent.model_validate(fields), received_at=row.received_at)
 
 
 AsyncHandler = Callable[[StoredEvent, "AsyncSession"], Awaitable[object]]
