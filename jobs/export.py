@@ -28,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar
 
+from worker.constants import EXPORT_EVENTS_JOB
 from worker.db import export_copy, history
 from worker.db.engine import Database, job_application_name
 from worker.domain.export import (
@@ -46,8 +47,6 @@ from worker.errors import PermanentError
 from worker.logging import get_logger
 from worker.runtime.context import WorkerContext
 from worker.runtime.jobrunner import job
-
-JOB_NAME = "export_events"
 
 T = TypeVar("T")
 ProgressCallback = Callable[[ExportProgress], None]
@@ -302,7 +301,7 @@ async def export_events(
         fmt = ExportFormat(format)
         target = resolve_under(settings.export_dir, path)
     except ValueError as exc:
-        raise PermanentError(f"{JOB_NAME}: {exc}") from None
+        raise PermanentError(f"{EXPORT_EVENTS_JOB}: {exc}") from None
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("export.started", path=str(target), format=fmt.value)
     summary = await export_to_file(
@@ -313,7 +312,7 @@ async def export_events(
         chunk_size=settings.export_chunk_size,
         compress=wants_gzip(target, gzip),
         progress=_log_progress,
-        job_name=JOB_NAME,
+        job_name=EXPORT_EVENTS_JOB,
     )
     result = summary.as_result()
     log.info("export.done", **result, rows_per_s=round(summary.rows / max(summary.seconds, 1e-9)))

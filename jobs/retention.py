@@ -30,14 +30,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from jobs.export import ExportSummary, export_to_file
 from worker.config import Settings
+from worker.constants import APPLY_RETENTION_JOB
 from worker.db import history
 from worker.db.engine import Database
 from worker.domain.export import ExportFilter, ExportFormat, ExportProgress
 from worker.logging import get_logger
 from worker.runtime.context import WorkerContext
 from worker.runtime.jobrunner import job
-
-JOB_NAME = "apply_retention"
 
 log = get_logger("eventworker.retention")
 DeleteChunk = Callable[[AsyncSession], Awaitable[int]]
@@ -66,7 +65,7 @@ async def _delete_in_chunks(
     total = chunks = 0
     while True:
         started = time.perf_counter()
-        async with db.transaction(JOB_NAME) as session:
+        async with db.transaction(APPLY_RETENTION_JOB) as session:
             deleted = await delete_chunk(session)
         if deleted:
             total, chunks = total + deleted, chunks + 1
@@ -97,7 +96,7 @@ async def _export_expiring(db: Database, settings: Settings, cutoff: datetime) -
         chunk_size=settings.export_chunk_size,
         compress=True,
         progress=_log_export_progress,
-        job_name=JOB_NAME,
+        job_name=APPLY_RETENTION_JOB,
         keep_empty=False,
     )
 

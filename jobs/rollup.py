@@ -33,6 +33,7 @@ from typing import Final, TypedDict
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from worker.config import Settings
+from worker.constants import REBUILD_ROLLUPS_JOB, UPDATE_ROLLUPS_JOB
 from worker.db import rollup_sql
 from worker.db.engine import Database
 from worker.db.failures import is_serialization_failure
@@ -51,8 +52,6 @@ REBUILD_ATTEMPTS: Final = 3
 #: Events :func:`verify` reads per statement.
 VERIFY_PAGE_ROWS: Final = 10_000
 
-UPDATE_JOB: Final = "update_rollups"
-REBUILD_JOB: Final = "rebuild_rollups"
 
 log = get_logger("eventworker.rollups")
 
@@ -123,7 +122,7 @@ async def _update_once(
     db: Database, settings: Settings, *, max_rows: int, now: datetime
 ) -> tuple[int, _Counted]:
     """One transaction: lock, count, move the checkpoint. Return the old position and what was counted."""
-    async with rollup_sql.transaction(db, UPDATE_JOB) as session:
+    async with rollup_sql.transaction(db, UPDATE_ROLLUPS_JOB) as session:
         old = await rollup_sql.lock_checkpoint(session)
         counted = await _count_range(session, settings, old, max_rows=max_rows, now=now)
         if counted.rows:  # nothing new: leave the checkpoint row alone too
@@ -174,7 +173,7 @@ async def update(
 
 
 async def _rebuild_once(db: Database, settings: Settings, *, max_rows: int, now: datetime) -> RollupResult:
-    async with rollup_sql.transaction(db, REBUILD_JOB) as session:
+    async with rollup_sql.transaction(db, REBUILD_ROLLUPS_JOB) as session:
         old = await rollup_sql.lock_checkpoint(session)
         await rollup_sql.delete_all_rollups(session)
         position, rows, buckets, more = rollup_sql.INITIAL_POSITION, 0, 0, True

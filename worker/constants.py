@@ -2,12 +2,24 @@
 
 from typing import Final
 
+#: Job names: each is the job function's name in ``jobs/``, the name arq runs it by, and how it is
+#: known in logs, metrics, ``failed_jobs`` and the database's application name.
+
 #: The arq job that stores a batch of events. Producers in any language enqueue this name.
 INGEST_JOB: Final = "ingest_events"
 
 #: The job a worker runs in place of one whose bytes could not be decoded
 #: (see ``worker.protocol.serialization``).
 UNDECODABLE_JOB: Final = "store_undecodable_job"
+
+#: The job that rebuilds the rollups of a time range from the stored events.
+REBUILD_ROLLUPS_JOB: Final = "rebuild_rollups"
+
+#: The cron job that rolls up the events stored since its last run.
+UPDATE_ROLLUPS_JOB: Final = "update_rollups"
+
+#: The job that writes stored events to a file.
+EXPORT_EVENTS_JOB: Final = "export_events"
 
 #: The job that runs registered event handlers on their pending runs (see ``worker.domain.handlers``).
 RUN_HANDLERS_JOB: Final = "run_handlers"
@@ -17,6 +29,13 @@ SWEEP_HANDLERS_JOB: Final = "sweep_handlers"
 
 #: The job that builds the event statistics report over a time window.
 EVENT_STATS_JOB: Final = "event_stats"
+
+#: The cron job that exports and deletes events older than the retention period.
+APPLY_RETENTION_JOB: Final = "apply_retention"
+
+#: The cron jobs every worker schedules (``worker.main.cron_jobs``), in the order ``eventworker status``
+#: shows them.
+CRON_JOBS: Final = (UPDATE_ROLLUPS_JOB, APPLY_RETENTION_JOB, SWEEP_HANDLERS_JOB)
 
 #: arq's default queue; kept so that producers written against plain arq reach us.
 DEFAULT_QUEUE: Final = "arq:queue"
@@ -40,3 +59,7 @@ MAX_APPLICATION_NAME: Final = 63
 WORKERS_KEY_PREFIX: Final = "eventworker:workers:"
 RUNNING_KEY_PREFIX: Final = "eventworker:running:"
 CRON_KEY_PREFIX: Final = "eventworker:cron:"
+
+#: Redis key counting a job's tries that met an unreachable database (for their back-off); the job id
+#: follows the prefix. See ``worker.runtime.jobrunner``.
+DB_WAITS_PREFIX: Final = "eventworker:db-waits:"

@@ -16,6 +16,7 @@ import time
 import structlog
 
 from worker.config import redact_url
+from worker.constants import CRON_JOBS
 from worker.db import schema
 from worker.db.engine import Database
 from worker.db.failures import is_connection_error
@@ -70,13 +71,6 @@ async def _wait_for_database(db: Database, wait_s: float) -> None:
             delay = min(delay * 2, 5.0)
 
 
-def _cron_job_names() -> frozenset[str]:
-    # worker.main imports this module to build WorkerSettings; by the time a worker starts it is loaded.
-    from worker.main import cron_jobs
-
-    return frozenset(job.name for job in cron_jobs())
-
-
 async def on_startup(ctx: WorkerContext) -> None:
     """Create the engine and session factory; refuse to start on an unreachable or old database."""
     settings = ctx["settings"]
@@ -101,7 +95,7 @@ async def on_startup(ctx: WorkerContext) -> None:
         db=db,
         metrics=metrics,
         metrics_port=port,
-        cron_jobs=_cron_job_names(),
+        cron_jobs=frozenset(CRON_JOBS),
     )
     monitor.start()
     ctx["monitor"] = monitor

@@ -7,8 +7,6 @@ connects nowhere. :func:`worker_settings` builds the same from given settings.
 
 from __future__ import annotations
 
-import os
-import socket
 from datetime import UTC
 from typing import Any, cast
 
@@ -24,14 +22,15 @@ from jobs.stats import event_stats
 from jobs.undecodable import store_undecodable_job
 from worker import lifecycle
 from worker.config import Settings, load_settings
+from worker.constants import APPLY_RETENTION_JOB, SWEEP_HANDLERS_JOB, UPDATE_ROLLUPS_JOB
 from worker.errors import ConfigError, EventWorkerError
 from worker.logging import configure_logging, get_logger
 from worker.protocol.redis import MEMORY_URL, memory_pool, patch_arq_for_memory, worker_pool
 from worker.protocol.serialization import job_deserializer, serialize
-from worker.runtime.context import WorkerContext
+from worker.runtime.context import WorkerContext, worker_id
 from worker.runtime.jobrunner import RECORD_TRIES, JobFunction
 
-#: The jobs a worker runs when asked.
+#: The jobs a worker runs when asked, each by its function's name (a name of ``worker.constants``).
 FUNCTIONS: tuple[JobFunction, ...] = (
     ingest_events,
     store_undecodable_job,
@@ -57,17 +56,17 @@ def cron_jobs() -> list[CronJob]:
     """
     kept = CRON_TICK_KEPT_S
     return [
-        cron(cast(Any, update_rollups), name="update_rollups", second=5, unique=True, keep_result=kept),
+        cron(cast(Any, update_rollups), name=UPDATE_ROLLUPS_JOB, second=5, unique=True, keep_result=kept),
         cron(
             cast(Any, apply_retention),
-            name="apply_retention",
+            name=APPLY_RETENTION_JOB,
             hour=3,
             minute=15,
             second=0,
             unique=True,
             keep_result=kept,
         ),
-        cron(cast(Any, sweep_handlers), name="sweep_handlers", second=35, unique=True, keep_result=kept),
+        cron(cast(Any, sweep_handlers), name=SWEEP_HANDLERS_JOB, second=35, unique=True, keep_result=kept),
     ]
 
 
@@ -81,11 +80,6 @@ TIMEOUT_GRACE_S = 5.0
 ARQ_TRY_LIMIT = 1000
 
 log = get_logger("eventworker.worker")
-
-
-def worker_id() -> str:
-    """``<host>:<pid>`` of this process."""
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _configure_logging(settings: Settings) -> None:

@@ -16,10 +16,11 @@ from arq import Retry
 from arq.constants import retry_key_prefix
 from sqlalchemy import select
 
+from worker.constants import DB_WAITS_PREFIX
 from worker.db.models import FailedJob
 from worker.errors import DatabaseUnavailable, InvalidArgument, JobFailed
 from worker.protocol.redis import memory_pool
-from worker.runtime.jobrunner import DB_WAITS_PREFIX, DB_WAITS_TTL_S, job
+from worker.runtime.jobrunner import DB_WAITS_TTL_S, job
 
 SECRET = "r3dis-s3cret-pw"
 

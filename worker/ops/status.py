@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
 from worker.config import Settings
+from worker.constants import CRON_JOBS
 from worker.db import status_sql
 from worker.db.engine import Database
 from worker.db.models import DeadLetter, FailedJob
@@ -146,12 +147,6 @@ def _dead_letter(row: DeadLetter) -> DeadLetterInfo:
     return DeadLetterInfo(row.id, row.reason, row.received_at, row.job_id, row.position, row.errors, raw)
 
 
-def _cron_job_names() -> list[str]:
-    from worker.main import cron_jobs  # imports every job module: only when status is wanted
-
-    return [job.name for job in cron_jobs()]
-
-
 class StatusReader:
     """Reads :class:`Status` again and again over one engine and one Redis pool (the dashboard's)."""
 
@@ -207,7 +202,7 @@ class StatusReader:
         queue = self.settings.queue_name
         status.workers = await tracking.read_workers(redis, queue)
         status.running = await tracking.read_running(redis, queue)
-        status.cron = await tracking.read_cron(redis, queue, _cron_job_names())
+        status.cron = await tracking.read_cron(redis, queue, list(CRON_JOBS))
         running = {run.job_id for run in status.running}
         status.queue = await sample_queue(redis, queue, running, time.time() * 1000)
 

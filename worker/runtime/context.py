@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
@@ -37,3 +39,8 @@ class WorkerContext(TypedDict):
     """When the job was enqueued (per job)."""
     score: NotRequired[int]
     """The job's queue score, milliseconds since the epoch (per job)."""
+
+
+def worker_id() -> str:
+    """``<host>:<pid>`` of this process: the ``worker_id`` of its context."""
+    return f"{socket.gethostname()}:{os.getpid()}"

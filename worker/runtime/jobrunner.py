@@ -27,6 +27,7 @@ from arq import Retry
 from arq.constants import retry_key_prefix
 
 from worker.backoff import backoff
+from worker.constants import DB_WAITS_PREFIX
 from worker.db import statements
 from worker.errors import JobFailed
 from worker.logging import get_logger, redact_text
@@ -37,9 +38,8 @@ from worker.runtime.retry import DATABASE_UNAVAILABLE, GiveUp, RetryLater, decid
 
 #: Extra arq tries beyond ``max_tries`` in which a job only records its own failure.
 RECORD_TRIES = 2
-#: Redis key counting a job's tries that met an unreachable database (for their back-off).
-DB_WAITS_PREFIX = "eventworker:db-waits:"
-#: How long that count is kept after the last such try (as arq keeps its own try counter).
+#: How long a job's count of tries that met an unreachable database (``DB_WAITS_PREFIX``) is kept after
+#: the last such try (as arq keeps its own try counter).
 DB_WAITS_TTL_S = 88_400
 
 JobFunction = Callable[..., Awaitable[Any]]
