@@ -1,6 +1,12 @@
-"""What every CLI command shares: settings or one clear line, running a coroutine, printing rows.
+"""What every CLI command shares: settings or one clear line, a database for one command, running a
+coroutine, printing rows.
 
 Command modules import this, never ``worker.commands.cli`` (which imports them to register them).
+``eventworker --help`` imports every command module, so they import the jobs, the worker's entry
+(``worker.main``), the operator views (``worker.ops``), the migrations (alembic) and anything built
+on arq inside the command that runs them, each with a comment: together those would add several
+hundred milliseconds to every start-up (``tests/unit/test_cli_startup.py`` keeps them out).
+Everything else, config, the database layer, pure logic, is imported at the top.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ import click
 import orjson
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from worker.config import Settings, load_settings
+from worker.db.engine import Database
 from worker.errors import ConfigError, EventWorkerError
 from worker.logging import configure_logging, redact_text
 
@@ -57,12 +65,20 @@ def print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
         click.echo("  ".join(f"{key}={value}" for key, value in row.items()))
 
 
-async def with_session(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
-    from worker.db.engine import Database
-
+async def with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    """Run ``work`` on a database opened for it from ``settings``, disposed of however ``work`` ends."""
     db = Database.from_settings(settings)
     try:
-        async with db.transaction() as session:
-            return await work(session)
+        return await work(db)
     finally:
         await db.dispose()
+
+
+async def with_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run ``work`` in one transaction (committed when it returns) on a database opened for it."""
+
+    async def in_transaction(db: Database) -> T:
+        async with db.transaction() as session:
+            return await work(session)
+
+    return await with_database(settings, in_transaction)

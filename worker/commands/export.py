@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO, TypeVar
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
-from worker.commands.base import run_or_exit, settings_or_exit
-from worker.config import Settings
+from worker.commands.base import run_or_exit, settings_or_exit, with_database
+from worker.db.engine import Database
 from worker.domain.export import ExportFilter, ExportFormat, ExportProgress, parse_time, wants_gzip
 
 if TYPE_CHECKING:
     from jobs.export import ExportSummary
     from jobs.retention import RetentionResult
-    from worker.db.engine import Database
-
-T = TypeVar("T")
 
 
 def _time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
@@ -59,16 +55,6 @@ class ProgressLine:
         if self._shown:
             self._stream.write("\n")
             self._stream.flush()
-
-
-async def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
-    from worker.db.engine import Database
-
-    db = Database.from_settings(settings)
-    try:
-        return await work(db)
-    finally:
-        await db.dispose()
 
 
 @click.command("export")
@@ -108,7 +94,7 @@ def export_command(
 
     The file appears only once complete; one database snapshot, whatever is stored meanwhile.
     """
-    from jobs.export import export_to_file
+    from jobs.export import export_to_file  # imported here: the jobs load arq, which --help does not need
 
     try:
         query = ExportFilter(since=since, until=until, type=event_type, source=source, subject=subject)
@@ -131,7 +117,7 @@ def export_command(
         )
 
     try:
-        summary = run_or_exit(_with_database(settings, export), settings)
+        summary = run_or_exit(with_database(settings, export), settings)
     finally:
         if progress is not None:
             progress.close()
@@ -145,7 +131,7 @@ def export_command(
 @click.command("retention")
 def retention_command() -> None:
     """Delete events and dead letters past their retention now (what the daily job does)."""
-    from jobs.retention import run_retention
+    from jobs.retention import run_retention  # imported here: the jobs load arq, which --help does not need
 
     settings = settings_or_exit()
     if settings.retention_days is None and settings.dead_letter_retention_days is None:
@@ -157,7 +143,7 @@ def retention_command() -> None:
     async def apply(db: Database) -> RetentionResult:
         return await run_retention(db, settings, datetime.now(UTC))
 
-    result = run_or_exit(_with_database(settings, apply), settings)
+    result = run_or_exit(with_database(settings, apply), settings)
     if settings.retention_days is not None:
         line = f"events: deleted {result['events_deleted']:,} in {result['event_chunks']} chunks"
         if result["exported_path"]:

@@ -50,6 +50,7 @@ def list_runs(status: str | None, limit: int, as_json: bool) -> None:
 
 
 async def _enqueue(settings: Settings) -> str | None:
+    # Imported here: the jobs and the Redis client load arq, which --help does not need.
     from jobs.handlers import enqueue_run_handlers
     from worker.protocol.redis import connect
 

@@ -7,24 +7,9 @@ too large to recount within one job.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
 import click
 
-from worker.commands.base import run_or_exit, settings_or_exit
-from worker.config import Settings
-from worker.db.engine import Database
-
-T = TypeVar("T")
-
-
-async def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
-    db = Database.from_settings(settings)
-    try:
-        return await work(db)
-    finally:
-        await db.dispose()
+from worker.commands.base import run_or_exit, settings_or_exit, with_database
 
 
 def _summary(verb: str, result: dict[str, object]) -> str:
@@ -43,10 +28,10 @@ def rollups_command() -> None:
 @rollups_command.command("update")
 def update_command() -> None:
     """Count the events stored since the last run (the worker does this every minute)."""
-    from jobs.rollup import update
+    from jobs.rollup import update  # imported here: the jobs load arq, which --help does not need
 
     settings = settings_or_exit()
-    result = run_or_exit(_with_database(settings, lambda db: update(db, settings)), settings)
+    result = run_or_exit(with_database(settings, lambda db: update(db, settings)), settings)
     click.echo(_summary("counted", dict(result)))
     if result["gave_way"]:
         click.echo("another run was updating the rollups at the same time; it carries on from here")
@@ -55,20 +40,20 @@ def update_command() -> None:
 @rollups_command.command("rebuild")
 def rebuild_command() -> None:
     """Empty the rollups and count the whole history again, in one transaction."""
-    from jobs.rollup import rebuild
+    from jobs.rollup import rebuild  # imported here: the jobs load arq, which --help does not need
 
     settings = settings_or_exit()
-    result = run_or_exit(_with_database(settings, lambda db: rebuild(db, settings)), settings)
+    result = run_or_exit(with_database(settings, lambda db: rebuild(db, settings)), settings)
     click.echo(_summary("counted", dict(result)))
 
 
 @rollups_command.command("verify")
 def verify_command() -> None:
     """Compare the rollups with the events they cover, counted again; exit 1 on any difference."""
-    from jobs.rollup import verify
+    from jobs.rollup import verify  # imported here: the jobs load arq, which --help does not need
 
     settings = settings_or_exit()
-    checked = run_or_exit(_with_database(settings, verify), settings)
+    checked = run_or_exit(with_database(settings, verify), settings)
     for difference in checked.differences:
         click.echo(str(difference))
     if checked.differences:

@@ -9,20 +9,14 @@ from __future__ import annotations
 import click
 import orjson
 
-from worker.commands.base import run_or_exit, settings_or_exit
+from worker.commands.base import run_or_exit, settings_or_exit, with_database
 from worker.config import Settings
 from worker.domain.report import Report, Window, build_report, format_table, to_json
 from worker.errors import InvalidArgument
 
 
 async def _report(settings: Settings, window: Window, fan_out: bool) -> Report:
-    from worker.db.engine import Database
-
-    db = Database.from_settings(settings)
-    try:
-        return await build_report(db, window, fan_out=fan_out)
-    finally:
-        await db.dispose()
+    return await with_database(settings, lambda db: build_report(db, window, fan_out=fan_out))
 
 
 @click.command("stats")

@@ -22,6 +22,7 @@ def status_command(as_json: bool, recent: int) -> None:
 
     Exits 1 when a part could not be read (the rest is still printed).
     """
+    # Imported here: the operator views load arq and the worker's bookkeeping, which --help does not need.
     from worker.ops import status_text as statusfmt
     from worker.ops.status import gather_status
 
@@ -49,7 +50,7 @@ def health_command(worker_id: str | None, local: bool) -> None:
     Unhealthy: a heartbeat is missing or stale, Redis or the database is unreachable, or the
     database schema is behind this version.
     """
-    from worker.ops.health import health
+    from worker.ops.health import health  # imported here: alembic (about 100 ms), which --help does not need
 
     if worker_id is not None and local:
         raise click.UsageError("give --worker-id or --local, not both")
@@ -84,6 +85,7 @@ check_command = click.Command(
 )
 def dashboard_command(host: str | None, port: int | None, refresh: int | None) -> None:
     """Serve a read-only web page with the status, a chart of events per minute, and the dead letters."""
+    # Imported here: the dashboard loads http.server and arq, which --help does not need.
     from worker.ops.dashboard.server import DashboardServer
 
     settings = settings_or_exit()
