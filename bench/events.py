@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from worker.db.statements import EVENT_COLUMNS
+from worker.domain.rows import EVENT_COLUMNS
 
 TYPES = [
     f"com.example.{noun}.{verb}"

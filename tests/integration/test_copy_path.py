@@ -12,11 +12,12 @@ from support import event
 
 from worker.db import statements
 from worker.db.models import Event
-from worker.protocol.events import event_row, validate_batch
+from worker.domain.rows import EVENT_COLUMNS, event_row
+from worker.protocol.events import validate_batch
 
 pytestmark = pytest.mark.integration
 
-COLUMNS = [c for c in statements.EVENT_COLUMNS if c != "source"]
+COLUMNS = [c for c in EVENT_COLUMNS if c != "source"]
 
 
 #: Values that an encoding could get wrong, one per event, cycled through the batch.

@@ -28,8 +28,9 @@ from worker.db import history, statements
 from worker.db.engine import Database
 from worker.db.models import Event, FailedJob
 from worker.domain.export import EXPORT_COLUMNS, ExportFilter, ExportFormat, ExportProgress, rfc3339
+from worker.domain.rows import event_row
 from worker.errors import JobFailed
-from worker.protocol.events import CloudEvent, event_row
+from worker.protocol.events import CloudEvent
 from worker.runtime.context import WorkerContext
 
 pytestmark = pytest.mark.integration

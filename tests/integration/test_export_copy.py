@@ -16,7 +16,8 @@ from jobs.export import ExportSummary, export_to_file
 from worker.db import export_copy, history, statements
 from worker.db.engine import Database
 from worker.domain.export import ExportFilter, ExportFormat
-from worker.protocol.events import CloudEvent, event_row
+from worker.domain.rows import event_row
+from worker.protocol.events import CloudEvent
 
 pytestmark = pytest.mark.integration
 

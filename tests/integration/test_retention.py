@@ -20,7 +20,8 @@ from worker.commands.export import retention_command
 from worker.db import history, statements
 from worker.db.engine import Database
 from worker.db.models import DeadLetter, Event, HandlerRun
-from worker.protocol.events import CloudEvent, Rejection, event_row
+from worker.domain.rows import event_row
+from worker.protocol.events import CloudEvent, Rejection
 from worker.runtime.context import WorkerContext
 
 pytestmark = pytest.mark.integration

@@ -25,7 +25,8 @@ from worker.db import rollup_sql, statements
 from worker.db.engine import Database
 from worker.db.models import Event
 from worker.domain.rollups import BUCKET_SECONDS, RollupKey, count_events, events_counted
-from worker.protocol.events import event_row, validate_batch
+from worker.domain.rows import event_row
+from worker.protocol.events import validate_batch
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,8 @@ from worker.db import rollup_sql, statements
 from worker.db.engine import Database
 from worker.db.models import Checkpoint, Event, Rollup
 from worker.domain.rollups import RollupKey
-from worker.protocol.events import event_row, validate_batch
+from worker.domain.rows import event_row
+from worker.protocol.events import validate_batch
 from worker.runtime.context import WorkerContext
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from worker.protocol.events import CloudEvent, Rejection, encode_raw, event_row, validate_batch, validate_one
+from worker.domain.rows import event_row
+from worker.protocol.events import CloudEvent, Rejection, encode_raw, validate_batch, validate_one
 
 LIMIT = 1_048_576
 SECRET = "sk_live_hunter2-TOPSECRET"

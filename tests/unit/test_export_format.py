@@ -200,6 +200,25 @@ def test_csv_header_names_every_column():
     assert _read_csv(csv_header()) == [list(EXPORT_COLUMNS)]
 
 
+def test_export_columns_keep_their_order():
+    """The exported columns, derived from the stored row's, are the export format's: pinned here."""
+    assert EXPORT_COLUMNS == (
+        "seq",
+        "id",
+        "source",
+        "type",
+        "specversion",
+        "time",
+        "subject",
+        "datacontenttype",
+        "dataschema",
+        "data",
+        "data_base64",
+        "extensions",
+        "received_at",
+    )
+
+
 @pytest.mark.parametrize(
     ("values", "expected"),
     [

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from operator import itemgetter
 from typing import Any
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from worker.db.models import DeadLetter, Event, FailedJob
+from worker.domain.rows import EVENT_COLUMNS, EventRow
 from worker.protocol.events import Rejection
 
 EVENTS: Table = Event.__table__  # type: ignore[assignment]
@@ -28,7 +29,7 @@ DEAD_LETTERS: Table = DeadLetter.__table__  # type: ignore[assignment]
 
 
 async def insert_ignoring_duplicates(
-    session: AsyncSession, table: Table, rows: Sequence[dict[str, Any]], unique: Sequence[str]
+    session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]], unique: Sequence[str]
 ) -> int:
     """Insert ``rows`` in bulk, skipping any whose ``unique`` key is already stored; return how many were new.
 
@@ -52,22 +53,6 @@ async def insert_ignoring_duplicates(
     raise NotImplementedError(f"no idempotent insert for dialect {dialect!r}")
 
 
-#: Columns an ingest writes (seq and txid come from the server).
-EVENT_COLUMNS = (
-    "source",
-    "event_id",
-    "type",
-    "specversion",
-    "time",
-    "subject",
-    "datacontenttype",
-    "dataschema",
-    "data",
-    "data_base64",
-    "extensions",
-    "received_at",
-    "job_id",
-)
 _IDENTITY = itemgetter("source", "event_id")
 #: Batches at least this large go through COPY on asyncpg; smaller ones are cheaper as one INSERT.
 COPY_THRESHOLD = 64
@@ -117,7 +102,7 @@ def _json_bytes(value: Any) -> bytes | None:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _records(rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+def _records(rows: Sequence[EventRow]) -> list[tuple[Any, ...]]:
     """Rows as COPY takes them: values in :data:`_STAGE_COLUMNS` order, JSON columns as UTF-8 bytes.
 
     One comprehension with orjson inline (a hot loop of the ingest job); a batch holding what
@@ -157,7 +142,7 @@ def create_stage(dbapi_connection: Any, connection_record: ConnectionPoolEntry) 
     connection_record.info[_STAGED] = True
 
 
-async def _copy_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> int:
+async def _copy_events(session: AsyncSession, rows: Sequence[EventRow]) -> int:
     """asyncpg: COPY the batch into the connection's temporary table, then one INSERT … SELECT.
 
     COPY moves rows in PostgreSQL's binary format, several times faster than a multi-row
@@ -180,7 +165,7 @@ async def _copy_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def insert_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> int:
+async def insert_events(session: AsyncSession, rows: Sequence[EventRow]) -> int:
     """Store events not stored yet (by source and event_id); return how many were new.
 
     Rows go in identity order so that two batches sharing identities lock them in the

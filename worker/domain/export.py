@@ -36,25 +36,14 @@ from typing import Any
 
 import orjson
 
+from worker.domain.rows import EVENT_COLUMNS
 from worker.protocol.serialization import OutOfRangeNumber
 
-#: The columns an export reads, in the order ``worker.db.history`` selects them.
-#: ``data`` is the stored JSON as text, so that it is copied out without being parsed.
-EXPORT_COLUMNS = (
-    "seq",
-    "id",
-    "source",
-    "type",
-    "specversion",
-    "time",
-    "subject",
-    "datacontenttype",
-    "dataschema",
-    "data",
-    "data_base64",
-    "extensions",
-    "received_at",
-)
+#: The columns an export reads, in the order ``worker.db.history`` selects them: ``seq``, then the
+#: stored row's (:data:`~worker.domain.rows.EVENT_COLUMNS`) with the event's id under its CloudEvents
+#: name and without the ingest job's id. ``data`` is the stored JSON as text, so that it is copied out
+#: without being parsed.
+EXPORT_COLUMNS = ("seq", "id", *(name for name in EVENT_COLUMNS if name not in {"event_id", "job_id"}))
 #: The CSV header: one column per exported column, under the same names.
 CSV_HEADER = EXPORT_COLUMNS
 #: Extension attributes an NDJSON export adds to each event (lower-case alphanumerics, as CloudEvents asks).

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Annotated, Any, Literal, TypeGuard
 
 import orjson
@@ -423,24 +423,3 @@ def validate_batch(payload: Any, max_event_bytes: int) -> Batch:
         elif batch.first(outcome.source, outcome.id):
             batch.events.append(outcome)
     return batch
-
-
-def event_row(event: CloudEvent, received_at: datetime, job_id: str | None) -> dict[str, Any]:
-    """The ``events`` row for a validated event."""
-    fields = event.__dict__  # one lookup instead of ten attribute reads: a hot loop of the ingest job
-    extensions = event.__pydantic_extra__
-    return {
-        "source": fields["source"],
-        "event_id": fields["id"],
-        "type": fields["type"],
-        "specversion": fields["specversion"],
-        "time": fields["time"],
-        "subject": fields["subject"],
-        "datacontenttype": fields["datacontenttype"],
-        "dataschema": fields["dataschema"],
-        "data": fields["data"],
-        "data_base64": fields["data_base64"],
-        "extensions": dict(extensions) if extensions else None,
-        "received_at": received_at,
-        "job_id": job_id,
-    }
