@@ -1,4 +1,5 @@
-"""The newcomer's first run: a worker, a producer and a few thousand sample events, in one process.
+"""``eventworker demo``, the newcomer's first run: a worker, a producer and a few thousand sample events,
+in one process.
 
 With no ``DATABASE_URL``/``REDIS_URL`` it runs on an embedded SQLite file and the
 in-process Redis stand-in; with them set, on the real servers.
@@ -14,15 +15,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from arq.jobs import Job
-from arq.worker import Worker
+import click
 
+from worker.commands.base import settings_or_exit, with_database, with_session
 from worker.config import Settings, redact_redis_url, redact_url
-from worker.db import schema, statements
-from worker.db.engine import Database
-from worker.main import worker_settings
-from worker.protocol.producer import EventProducer
-from worker.protocol.redis import MEMORY_URL, memory_pool
+from worker.db import statements
 from worker.protocol.serialization import deserialize
 
 DEMO_DATABASE_URL = "sqlite+aiosqlite:///eventworker-demo.sqlite3"
@@ -107,11 +104,17 @@ class DemoReport:
 
 async def run_demo(settings: Settings, count: int = 5000) -> DemoReport:
     """Migrate, enqueue ``count`` sample events, run a worker until the queue is empty, summarise."""
-    db = Database.from_settings(settings)
-    try:
-        await schema.upgrade(db.engine)
-    finally:
-        await db.dispose()
+    # Imported here: the worker with its jobs, arq and alembic take a few hundred ms to load, which --help
+    # (it imports this module to list `demo`) does not need.
+    from arq.jobs import Job
+    from arq.worker import Worker
+
+    from worker.db import schema
+    from worker.main import worker_settings
+    from worker.protocol.producer import EventProducer
+    from worker.protocol.redis import MEMORY_URL, memory_pool
+
+    await with_database(settings, lambda db: schema.upgrade(db.engine))
     options = worker_settings(settings, burst=True, handle_signals=False, poll_delay=0.01)
     inputs, sent_duplicates, sent_invalid = sample_events(count)
     started = time.perf_counter()
@@ -134,17 +137,14 @@ async def run_demo(settings: Settings, count: int = 5000) -> DemoReport:
             for key in ("accepted", "duplicates", "rejected"):
                 totals[key] += int(info.result.get(key, 0))
     seconds = time.perf_counter() - started
-    db = Database.from_settings(settings)
-    try:
-        async with db.transaction() as session:
-            tables = await statements.table_counts(session)
-    finally:
-        await db.dispose()
+    tables = await with_session(settings, statements.table_counts)
     return DemoReport(count, sent_duplicates, sent_invalid, seconds=seconds, tables=tables, **totals)
 
 
 def demo_settings(settings: Settings) -> Settings:
     """``settings`` with the embedded defaults for URLs the user did not set."""
+    from worker.protocol.redis import MEMORY_URL  # imported here: arq, which --help does not need
+
     overrides: dict[str, Any] = {}
     if "database_url" not in settings.model_fields_set:
         overrides["database_url"] = DEMO_DATABASE_URL
@@ -155,7 +155,10 @@ def demo_settings(settings: Settings) -> Settings:
     return settings.model_copy(update=overrides) if overrides else settings
 
 
-def main(settings: Settings, count: int) -> list[str]:
-    """Run the demo and return its summary lines."""
-    settings = demo_settings(settings)
-    return DemoReport.lines(asyncio.run(run_demo(settings, count)), settings)
+@click.command("demo")
+@click.option("--events", "count", type=click.IntRange(min=1), default=5000, show_default=True)
+def demo_command(count: int) -> None:
+    """Run a worker on sample events (embedded SQLite and Redis stand-in unless the URLs are set)."""
+    settings = demo_settings(settings_or_exit())
+    for line in asyncio.run(run_demo(settings, count)).lines(settings):
+        click.echo(line)
