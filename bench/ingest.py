@@ -295,7 +295,7 @@ async def _timed_job(db: Any, settings: Any, job: bytes, job_id: str) -> dict[st
         times[name] = ((now - clock) * 1000, (cpu_now - cpu) * 1000)
         clock, cpu = now, cpu_now
 
-    events = job_deserializer({INGEST_JOB})(job)["a"][0]
+    events = job_deserializer({INGEST_JOB}, raw_argument_jobs={INGEST_JOB})(job)["a"][0]
     lap("read the job (its events stay JSON text)")
     now = datetime.now(UTC)
     batch = batch_rows(events, settings.max_event_bytes, now, job_id)
@@ -340,7 +340,7 @@ async def job_parts(db: BenchDatabase, options: IngestOptions, batches_n: int = 
         for n, job in enumerate(jobs):
             parts.append(await _timed_job(database, settings, job, f"parts-{n}"))
         await db.empty()
-        decode = job_deserializer({INGEST_JOB})
+        decode = job_deserializer({INGEST_JOB}, raw_argument_jobs={INGEST_JOB})
         ctx: dict[str, Any] = {"settings": settings, "db": database, "redis": None, "job_try": 1}
         for n, job in enumerate(jobs):
             started = time.perf_counter()

@@ -43,6 +43,7 @@ def eventworker_options(queue: str) -> dict[str, Any]:
     """The worker ``eventworker run`` starts (settings from the environment), with a no-op job added."""
     from arq.worker import func
 
+    from worker.constants import INGEST_JOB
     from worker.main import settings_from_environment
     from worker.protocol.serialization import job_deserializer
     from worker.runtime.jobrunner import job
@@ -55,7 +56,7 @@ def eventworker_options(queue: str) -> dict[str, Any]:
     known = options["ctx"]["known_jobs"] | {"noop"}
     options["ctx"]["known_jobs"] = known
     options["functions"] = [*options["functions"], func(cast(Any, job(noop)), name="noop")]
-    options["job_deserializer"] = job_deserializer(known)
+    options["job_deserializer"] = job_deserializer(known, raw_argument_jobs={INGEST_JOB})
     return options
 
 

@@ -22,7 +22,7 @@ from jobs.stats import event_stats
 from jobs.undecodable import store_undecodable_job
 from worker import lifecycle
 from worker.config import Settings, load_settings
-from worker.constants import APPLY_RETENTION_JOB, SWEEP_HANDLERS_JOB, UPDATE_ROLLUPS_JOB
+from worker.constants import APPLY_RETENTION_JOB, INGEST_JOB, SWEEP_HANDLERS_JOB, UPDATE_ROLLUPS_JOB
 from worker.errors import ConfigError, EventWorkerError
 from worker.logging import configure_logging, get_logger
 from worker.protocol.redis import MEMORY_URL, memory_pool, patch_arq_for_memory, worker_pool
@@ -121,7 +121,8 @@ def worker_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "health_check_interval": settings.health_check_interval,
         "keep_result": settings.keep_result,
         "job_serializer": serialize,
-        "job_deserializer": job_deserializer(names),
+        # The ingest job reads its events from their JSON text (worker.domain.wire): the fast path.
+        "job_deserializer": job_deserializer(names, raw_argument_jobs=frozenset({INGEST_JOB})),
         "timezone": UTC,  # cron hours are UTC whatever the container's local time
     }
     if settings.redis_url == MEMORY_URL:

@@ -309,9 +309,9 @@ def _rows_both_ways(events_text: bytes) -> tuple[Any, Any] | None:
     try:
         decoded = deserialize(job)["a"][0]
     except (ValueError, RecursionError):  # as the worker's deserializer takes them
-        assert job_deserializer(KNOWN)(job)["f"] != "ingest_events"
+        assert job_deserializer(KNOWN, raw_argument_jobs=KNOWN)(job)["f"] != "ingest_events"
         return None
-    handed = job_deserializer(KNOWN)(job)["a"][0]
+    handed = job_deserializer(KNOWN, raw_argument_jobs=KNOWN)(job)["a"][0]
     reference = JsonList(decoded) if type(decoded) is list else decoded
     return batch_rows(handed, LIMIT, NOW, "job-1"), batch_rows(reference, LIMIT, NOW, "job-1")
 
@@ -456,7 +456,7 @@ def test_valid_events_take_the_wire_path(monkeypatch):
     values.append(event(id="floats", data={"price": 19.99, "rate": 1e-3, "list": [1.5, 2]}))
     values.append(event(id="long", data={"n": 10**18 - 1, "trace": "1234567890123456789012"}))
     for text in _encodings(values):
-        handed = job_deserializer(KNOWN)(_job(text))["a"][0]
+        handed = job_deserializer(KNOWN, raw_argument_jobs=KNOWN)(_job(text))["a"][0]
         assert type(handed) is RawJson
         rows = batch_rows(handed, LIMIT, NOW, "job-1")
         assert (len(rows.rows), rows.rejected, rows.duplicates) == (len(values), [], 0)

@@ -13,6 +13,7 @@ import pytest
 
 from worker.constants import INGEST_JOB, UNDECODABLE_JOB
 from worker.protocol.serialization import (
+    JsonList,
     OutOfRangeNumber,
     RawJson,
     deserialize,
@@ -23,6 +24,8 @@ from worker.protocol.serialization import (
 )
 
 KNOWN = frozenset({INGEST_JOB, UNDECODABLE_JOB})
+#: The jobs whose list argument the worker takes as JSON text, as worker.main names them.
+RAW = frozenset({INGEST_JOB})
 
 
 @pytest.mark.parametrize(
@@ -112,7 +115,7 @@ def test_deserialize_accepts_lone_surrogate_escapes():
 )
 def test_job_deserializer_turns_anything_else_into_the_dead_letter_job(data):
     """Bytes that are not our JSON job become a call to UNDECODABLE_JOB carrying them, base64, exactly."""
-    job = job_deserializer(KNOWN)(data)
+    job = job_deserializer(KNOWN, raw_argument_jobs=RAW)(data)
     assert job["f"] == UNDECODABLE_JOB
     raw, problem = job["a"]
     assert base64.b64decode(raw, validate=True) == data
@@ -136,7 +139,7 @@ def test_job_deserializer_turns_anything_else_into_the_dead_letter_job(data):
 )
 def test_job_deserializer_says_what_is_wrong(data, problem):
     """The dead-letter job's second argument says why the bytes were not a job."""
-    assert job_deserializer(KNOWN)(data)["a"][1].startswith(problem)
+    assert job_deserializer(KNOWN, raw_argument_jobs=RAW)(data)["a"][1].startswith(problem)
 
 
 def test_job_deserializer_never_unpickles():
@@ -147,7 +150,7 @@ def test_job_deserializer_never_unpickles():
             return (pytest.fail, ("the worker unpickled a job",))
 
     data = pickle.dumps({"f": INGEST_JOB, "a": [Boom()], "k": {}, "t": 1, "et": 1})
-    assert job_deserializer(KNOWN)(data)["f"] == UNDECODABLE_JOB
+    assert job_deserializer(KNOWN, raw_argument_jobs=RAW)(data)["f"] == UNDECODABLE_JOB
 
 
 @pytest.mark.parametrize(
@@ -167,7 +170,7 @@ def test_job_deserializer_never_unpickles():
 def test_job_deserializer_passes_valid_jobs_through(job):
     """A well-formed job for a known function comes out as it went in (an ingest job's events as JSON)."""
     for data in (orjson.dumps(job), serialize(job)):
-        out = job_deserializer(KNOWN)(data)
+        out = job_deserializer(KNOWN, raw_argument_jobs=RAW)(data)
         assert {**out, "a": [_decoded(a) for a in out["a"]]} == job
 
 
@@ -189,7 +192,7 @@ def _decoded(argument):
 )
 def test_an_ingest_jobs_events_come_as_their_json_text(data):
     """An ingest job of one list hands the job its events undecoded: their exact text, read back as before."""
-    job = job_deserializer(KNOWN)(data)
+    job = job_deserializer(KNOWN, raw_argument_jobs=RAW)(data)
     events = job["a"][0]
     assert type(events) is RawJson
     assert deserialize(events) == deserialize(data)["a"][0]
@@ -217,7 +220,7 @@ def test_an_ingest_jobs_events_come_as_their_json_text(data):
 )
 def test_any_other_job_is_decoded_as_before(data):
     """Anything but an ingest job of one list of valid JSON text is decoded whole, as before RawJson was."""
-    job = job_deserializer(KNOWN | {"run_handlers"})(data)
+    job = job_deserializer(KNOWN | {"run_handlers"}, raw_argument_jobs=RAW)(data)
     assert not any(isinstance(a, RawJson) for a in job["a"])
     try:
         expected = deserialize(data)
@@ -227,16 +230,26 @@ def test_any_other_job_is_decoded_as_before(data):
         assert job["a"] == expected["a"] or job["f"] == UNDECODABLE_JOB
 
 
+def test_only_the_jobs_named_get_their_list_as_json_text():
+    """The transport knows no job: the caller names those whose one list argument stays JSON text."""
+    ingest = b'{"f":"ingest_events","a":[[{"id":"1"}]],"k":{},"t":1,"et":1}'
+    other = b'{"f":"run_handlers","a":[[1, 2]],"k":{},"t":1,"et":1}'
+    known = KNOWN | {"run_handlers"}
+    assert type(job_deserializer(known)(ingest)["a"][0]) is JsonList
+    assert type(job_deserializer(known, raw_argument_jobs={"run_handlers"})(other)["a"][0]) is RawJson
+    assert type(job_deserializer(known, raw_argument_jobs={"run_handlers"})(ingest)["a"][0]) is JsonList
+
+
 def test_job_deserializer_reads_lone_surrogate_escapes():
     """Events holding an escaped lone surrogate still decode (the event is rejected later, not the job)."""
     data = b'{"f": "ingest_events", "a": [[{"id": "\\udc80"}]], "k": {}, "t": 1, "et": 1}'
-    assert job_deserializer(KNOWN)(data)["a"] == [[{"id": "\udc80"}]]
+    assert job_deserializer(KNOWN, raw_argument_jobs=RAW)(data)["a"] == [[{"id": "\udc80"}]]
 
 
 def test_job_deserializer_only_knows_the_given_jobs():
     """A job is only passed through to a worker that has that function."""
     data = orjson.dumps({"f": INGEST_JOB, "a": [], "k": {}, "t": 1, "et": 1})
-    assert job_deserializer({UNDECODABLE_JOB})(data)["f"] == UNDECODABLE_JOB
+    assert job_deserializer({UNDECODABLE_JOB}, raw_argument_jobs=RAW)(data)["f"] == UNDECODABLE_JOB
 
 
 def test_undecodable_job_record():
@@ -260,7 +273,7 @@ def test_undecodable_job_record():
 )
 def test_job_deserializer_checks_the_try_field(data):
     """A job without an integer-or-null 't' (arq reads and compares it) becomes the dead-letter job."""
-    job = job_deserializer(KNOWN)(data)
+    job = job_deserializer(KNOWN, raw_argument_jobs=RAW)(data)
     assert job["f"] == UNDECODABLE_JOB
     assert job["a"] == [base64.b64encode(data).decode(), "job has no try number"]
 
@@ -294,7 +307,7 @@ def test_non_json_constants_make_a_job_undecodable(literal):
     with pytest.raises(ValueError, match="not a JSON value"):
         deserialize(f"[{literal}]".encode())
     raw = f'{{"f": "{INGEST_JOB}", "a": [[{{"x": {literal}}}]], "k": {{}}, "t": 1, "et": 1}}'.encode()
-    job = job_deserializer(KNOWN)(raw)
+    job = job_deserializer(KNOWN, raw_argument_jobs=RAW)(raw)
     assert job["f"] == UNDECODABLE_JOB
     assert base64.b64decode(job["a"][0]) == raw
 

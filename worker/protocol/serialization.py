@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import msgspec
 import orjson
 
-from worker.constants import INGEST_JOB, UNDECODABLE_JOB
+from worker.constants import UNDECODABLE_JOB
 
 #: How much of a job's arguments arq keeps in its per-job log line (``arq.utils.truncate``).
 ARQ_LOG_CHARS = 80
@@ -198,8 +198,9 @@ class JsonList(list[Any]):
 
 
 class RawJson(bytes):
-    """JSON text handed over undecoded: an ingest job's events (see :mod:`worker.domain.wire`).
+    """JSON text handed over undecoded: the list argument of a job named in ``raw_argument_jobs``.
 
+    The worker names its ingest job, whose events :mod:`worker.domain.wire` reads from their text.
     The worker's deserializer makes one only of valid UTF-8 that msgspec read as JSON holding no
     lone surrogate. Serialized (a failed job's record, a result), it is written as the JSON it is.
     Its repr, which arq puts in its per-job log line, is the start of the text.
@@ -224,22 +225,24 @@ class _Job(msgspec.Struct):
 _JOB = msgspec.json.Decoder(_Job)
 
 
-def _ingest_job(data: bytes, known_jobs: Collection[str]) -> dict[str, Any] | None:
-    """An ingest job of one list with its events as :class:`RawJson`; None for any other job.
+def _raw_argument_job(
+    data: bytes, known_jobs: Collection[str], raw_argument_jobs: Collection[str]
+) -> dict[str, Any] | None:
+    """A job of ``raw_argument_jobs`` with its one list argument as :class:`RawJson`; None for any other.
 
-    msgspec reads the record and skips over the events checking their syntax, a tenth of what
-    decoding them costs; anything it refuses, or any other shape, is left to the decoding path.
+    msgspec reads the record and skips over the argument checking its syntax, a tenth of what
+    decoding it costs; anything it refuses, or any other shape, is left to the decoding path.
     """
     try:
         job = _JOB.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
-    if job.f != INGEST_JOB or INGEST_JOB not in known_jobs or len(job.a) != 1 or job.k:
+    if job.f not in raw_argument_jobs or job.f not in known_jobs or len(job.a) != 1 or job.k:
         return None
-    events = bytes(job.a[0])
-    if not events.startswith(b"[") or not _utf8(data):
+    argument = bytes(job.a[0])
+    if not argument.startswith(b"[") or not _utf8(data):
         return None
-    return {"f": job.f, "a": [RawJson(events)], "k": {}, "t": job.t, "et": job.et}
+    return {"f": job.f, "a": [RawJson(argument)], "k": {}, "t": job.t, "et": job.et}
 
 
 def _utf8(data: bytes) -> bool:
@@ -253,16 +256,20 @@ def _utf8(data: bytes) -> bool:
     return True
 
 
-def job_deserializer(known_jobs: Collection[str]) -> Callable[[bytes], dict[str, Any]]:
+def job_deserializer(
+    known_jobs: Collection[str], *, raw_argument_jobs: Collection[str] = frozenset()
+) -> Callable[[bytes], dict[str, Any]]:
     """arq ``job_deserializer`` for a worker with ``known_jobs``: never raises, never unpickles.
 
-    An ingest job's events come as :class:`RawJson`; other list arguments as :class:`JsonList`.
+    A job named in ``raw_argument_jobs`` whose one argument is a list gets it as :class:`RawJson`
+    (the worker names its ingest job, which reads its events from their text); other list
+    arguments come as :class:`JsonList`.
     """
 
     def deserialize_job(data: bytes) -> dict[str, Any]:
-        ingest = _ingest_job(data, known_jobs)
-        if ingest is not None:
-            return ingest
+        raw = _raw_argument_job(data, known_jobs, raw_argument_jobs)
+        if raw is not None:
+            return raw
         try:
             job = deserialize(data)
         except (ValueError, RecursionError) as exc:
