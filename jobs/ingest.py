@@ -19,7 +19,7 @@ from worker.db import handler_sql, statements
 from worker.domain.handlers import configured_registry
 from worker.domain.wire import batch_rows
 from worker.logging import get_logger
-from worker.runtime.context import WorkerContext
+from worker.runtime.context import NO_METRICS, WorkerContext
 from worker.runtime.jobrunner import job
 
 log = get_logger("eventworker.ingest")
@@ -56,10 +56,8 @@ async def ingest_events(ctx: WorkerContext, events: Any) -> IngestResult:
     result = IngestResult(
         accepted=inserted, duplicates=batch.duplicates + len(rows) - inserted, rejected=len(batch.rejected)
     )
-    metrics = ctx.get("metrics")
-    if metrics is not None:
-        pairs = [(row["source"], row["type"]) for row in rows]
-        metrics.count_ingest(pairs, inserted, result["duplicates"], batch.rejected)
+    pairs = [(row["source"], row["type"]) for row in rows]
+    ctx.get("metrics", NO_METRICS).count_ingest(pairs, inserted, result["duplicates"], batch.rejected)
     log.info(
         "ingest.stored",
         **result,

@@ -15,7 +15,7 @@ from worker.constants import UNDECODABLE_JOB
 from worker.db import statements
 from worker.logging import get_logger
 from worker.protocol.events import Rejection
-from worker.runtime.context import WorkerContext
+from worker.runtime.context import NO_METRICS, WorkerContext
 from worker.runtime.jobrunner import job
 
 log = get_logger("eventworker.undecodable")
@@ -39,8 +39,6 @@ async def store_undecodable_job(ctx: WorkerContext, raw: Any, problem: Any = "un
     row = statements.dead_letter_row(rejection, 0, ctx.get("job_id"), UNDECODABLE_JOB, datetime.now(UTC))
     async with ctx["db"].transaction(UNDECODABLE_JOB) as session:
         await statements.insert_dead_letters(session, [row])
-    metrics = ctx.get("metrics")
-    if metrics is not None:
-        metrics.count_ingest([], 0, 0, [rejection])
+    ctx.get("metrics", NO_METRICS).count_ingest([], 0, 0, [rejection])
     log.warning("job.undecodable", problem=str(problem)[:200], raw_bytes=len(data))
     return {"rejected": 1}

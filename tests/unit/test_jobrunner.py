@@ -21,6 +21,7 @@ from worker.db.models import FailedJob
 from worker.errors import DatabaseUnavailable, InvalidArgument, JobFailed
 from worker.protocol.redis import memory_pool
 from worker.runtime.jobrunner import DB_WAITS_TTL_S, job
+from worker.runtime.metrics import Metrics
 
 SECRET = "r3dis-s3cret-pw"
 
@@ -194,3 +195,60 @@ async def test_other_failures_still_use_up_their_tries(make_ctx, db, settings):
     assert int(await redis.get(retry_key_prefix + "job-x")) == settings.max_tries
     assert await redis.get(DB_WAITS_PREFIX + "job-x") is None
     assert len(await failed_jobs(db)) == 1
+
+
+def job_counts(metrics: Metrics, name: str) -> dict[str, float]:
+    """The job runner's counters for job ``name``, and how many durations it observed (0: never counted)."""
+
+    def sample(metric: str) -> float:
+        return metrics.registry.get_sample_value(metric, {"job": name}) or 0.0
+
+    return {
+        "started": sample("eventworker_jobs_started_total"),
+        "succeeded": sample("eventworker_jobs_succeeded_total"),
+        "retried": sample("eventworker_jobs_retried_total"),
+        "failed": sample("eventworker_jobs_failed_total"),
+        "timed": sample("eventworker_job_duration_seconds_count"),
+    }
+
+
+async def test_metrics_count_each_try_by_how_it_ended(make_ctx, db, unreachable_db, settings):
+    """Each try is counted as started and timed, then as succeeded, retried or failed; a try beyond
+    the last only counts as failed, and a failure that could not be recorded counts as none of them."""
+    metrics = Metrics()
+
+    @job
+    async def fine(ctx):
+        return "ok"
+
+    assert await fine(make_ctx(metrics=metrics)) == "ok"
+    assert job_counts(metrics, "fine") == {
+        "started": 1,
+        "succeeded": 1,
+        "retried": 0,
+        "failed": 0,
+        "timed": 1,
+    }
+
+    export_orders = failing(RuntimeError("boom"))
+    with pytest.raises(Retry):
+        await export_orders(make_ctx(metrics=metrics, job_try=1))
+    with pytest.raises(JobFailed):
+        await export_orders(make_ctx(metrics=metrics, job_try=settings.max_tries))
+    with pytest.raises(JobFailed):
+        await export_orders(make_ctx(metrics=metrics, job_try=settings.max_tries + 1))
+    with pytest.raises(Retry):  # on its last try, and failed_jobs cannot be written
+        await export_orders(make_ctx(metrics=metrics, db=unreachable_db, job_try=settings.max_tries))
+    assert job_counts(metrics, "export_orders") == {
+        "started": 3,
+        "succeeded": 0,
+        "retried": 1,
+        "failed": 2,
+        "timed": 3,
+    }
+
+
+async def test_a_job_runs_without_metrics(make_ctx, db):
+    """Without metrics in its context (a job called directly) a job runs and fails all the same."""
+    with pytest.raises(Retry):
+        await failing(RuntimeError("boom"))(make_ctx(job_try=1))

@@ -8,9 +8,11 @@ here and records the failure (for example after repeated kills) instead of arq
 dropping the job. A try that failed only because the database could not be reached is
 given back to arq (its try counter is decremented), so an outage of any length sends no
 job to ``failed_jobs``: the job waits with back-off, counted in ``eventworker:db-waits:<id>``.
-Each try is also reported to the worker's monitor
-(:func:`worker.runtime.monitor.tracked`), which records in Redis which worker runs it and,
-for cron jobs, how their last run ended.
+Each try is also reported to the worker's monitor (:func:`tracked`), which records in Redis
+which worker runs it and, for cron jobs, how their last run ended, and counted in the worker's
+metrics. Both are known here only by what this module uses of them
+(:class:`~worker.runtime.context.JobMonitor`, :class:`~worker.runtime.context.JobMetrics`):
+a job imports neither the monitor nor prometheus_client.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -32,8 +35,7 @@ from worker.db import statements
 from worker.errors import JobFailed
 from worker.logging import get_logger, redact_text
 from worker.protocol.serialization import serialize
-from worker.runtime.context import WorkerContext
-from worker.runtime.monitor import tracked
+from worker.runtime.context import NO_METRICS, WorkerContext
 from worker.runtime.retry import DATABASE_UNAVAILABLE, GiveUp, RetryLater, decide
 
 #: Extra arq tries beyond ``max_tries`` in which a job only records its own failure.
@@ -100,10 +102,24 @@ async def _give_up(
         log.error("job.failure_not_recorded", error=type(exc).__name__, retry_in_s=round(delay, 2))
         raise Retry(defer=delay) from exc
     log.error("job.failed", failed_job_id=failed_id, tries=tries, error=error[:500])
-    metrics = ctx.get("metrics")
-    if metrics is not None:
-        metrics.jobs_failed.labels(name).inc()
+    ctx.get("metrics", NO_METRICS).job_failed(name)
     raise JobFailed(failed_id, error[:500])
+
+
+@asynccontextmanager
+async def tracked(ctx: WorkerContext, job: str) -> AsyncIterator[None]:
+    """Around one job try: record it as running on this worker, and how it ended."""
+    monitor = ctx.get("monitor")
+    if monitor is None:
+        yield
+        return
+    run = await monitor.job_started(ctx.get("job_id") or "", job, ctx.get("job_try", 1))
+    try:
+        yield
+    except BaseException as exc:
+        await monitor.job_finished(run, exc)
+        raise
+    await monitor.job_finished(run, None)
 
 
 def job(function: JobFunction) -> JobFunction:
@@ -129,16 +145,14 @@ async def _run(
         await _give_up(
             ctx, name, args, kwargs, "interrupted on every try (worker killed or timed out)", job_try - 1
         )
-    metrics = ctx.get("metrics")
-    if metrics is not None:
-        metrics.jobs_started.labels(name).inc()
+    metrics = ctx.get("metrics", NO_METRICS)
+    metrics.job_started(name)
     started = time.perf_counter()
     try:
         async with asyncio.timeout(settings.job_timeout):
             result = await function(ctx, *args, **kwargs)
     except Exception as exc:
-        if metrics is not None:
-            metrics.job_duration.labels(name).observe(time.perf_counter() - started)
+        metrics.job_raised(name, time.perf_counter() - started)
         decision = decide(
             exc, job_try, settings.max_tries, base=settings.retry_base_delay, cap=settings.retry_max_delay
         )
@@ -157,14 +171,11 @@ async def _run(
                 error=redact_text(error, settings.secrets())[:500],
                 **({} if waits is None else {"try_counted": False, "database_waits": waits}),
             )
-            if metrics is not None:
-                metrics.jobs_retried.labels(name).inc()
+            metrics.job_retried(name)
             raise Retry(defer=decision.delay) from exc
         assert isinstance(decision, GiveUp)
         await _give_up(ctx, name, args, kwargs, f"{decision.reason}: {error}", job_try)
     elapsed = time.perf_counter() - started
-    if metrics is not None:
-        metrics.job_duration.labels(name).observe(elapsed)
-        metrics.jobs_succeeded.labels(name).inc()
+    metrics.job_succeeded(name, elapsed)
     log.debug("job.done", duration_ms=round(elapsed * 1000, 2))
     return result

@@ -248,6 +248,27 @@ class Metrics:
         self._pool = _PoolCollector()
         r.register(self._pool)
 
+    def job_started(self, job: str) -> None:
+        """Count a try of ``job`` that started."""
+        self.jobs_started.labels(job).inc()
+
+    def job_succeeded(self, job: str, seconds: float) -> None:
+        """Count a try of ``job`` that succeeded after ``seconds``."""
+        self.job_duration.labels(job).observe(seconds)
+        self.jobs_succeeded.labels(job).inc()
+
+    def job_raised(self, job: str, seconds: float) -> None:
+        """Note how long a try of ``job`` ran before it raised (whatever is decided then)."""
+        self.job_duration.labels(job).observe(seconds)
+
+    def job_retried(self, job: str) -> None:
+        """Count a try of ``job`` that asked arq for a retry."""
+        self.jobs_retried.labels(job).inc()
+
+    def job_failed(self, job: str) -> None:
+        """Count a job recorded in failed_jobs."""
+        self.jobs_failed.labels(job).inc()
+
     def watch_pool(self, pool: Pool) -> None:
         """Report this pool's size, checked-out and overflow connections."""
         self._pool.pool = pool

@@ -10,11 +10,12 @@
   of :class:`~worker.runtime.metrics.Metrics`. Each sample opens a short transaction and returns its
   connection to the pool; nothing is held between samples.
 
-The job runner reports each try through :func:`tracked`, which records which worker runs
-which job (and, for cron jobs, how the last run ended). Running jobs are written to Redis
-together every :data:`RUNNING_FLUSH_S` by a third task, not one by one: a short job costs
-no Redis call of its own (cron jobs, rare, are written at once). A Redis error in any of
-this is logged and ignored: bookkeeping never fails a job or stops a worker.
+The job runner reports each try (:func:`worker.runtime.jobrunner.tracked`); the monitor
+records which worker runs which job (and, for cron jobs, how the last run ended). Running
+jobs are written to Redis together every :data:`RUNNING_FLUSH_S` by a third task, not one
+by one: a short job costs no Redis call of its own (cron jobs, rare, are written at once).
+A Redis error in any of this is logged and ignored: bookkeeping never fails a job or stops
+a worker.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
@@ -42,7 +42,6 @@ from worker.runtime.tracking import RunningJob, WorkerBeat
 if TYPE_CHECKING:
     from worker.config import Settings
     from worker.db.engine import Database
-    from worker.runtime.context import WorkerContext
     from worker.runtime.metrics import Metrics
 
 #: Longest a bookkeeping call to Redis may hold up a job.
@@ -249,19 +248,3 @@ class Monitor:
         )
         if await self._quietly("job_finished", call):
             self._written.discard(run.job_id)
-
-
-@asynccontextmanager
-async def tracked(ctx: WorkerContext, job: str) -> AsyncIterator[None]:
-    """Around one job try: record it as running on this worker, and how it ended."""
-    monitor = ctx.get("monitor")
-    if monitor is None:
-        yield
-        return
-    run = await monitor.job_started(ctx.get("job_id") or "", job, ctx.get("job_try", 1))
-    try:
-        yield
-    except BaseException as exc:
-        await monitor.job_finished(run, exc)
-        raise
-    await monitor.job_finished(run, None)
