@@ -24,7 +24,7 @@ from typing import Any, TypedDict
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from worker.config import Settings
-from worker.constants import RUN_HANDLERS_JOB
+from worker.constants import RUN_HANDLERS_JOB, SWEEP_HANDLERS_JOB
 from worker.db import handler_sql
 from worker.db.engine import Database
 from worker.db.models import Event
@@ -85,7 +85,9 @@ async def enqueue_run_handlers(redis: Any, queue_name: str, at: datetime | None 
         )
     except Exception as exc:
         log.warning(
-            "handlers.enqueue_failed", error=type(exc).__name__, fallback="sweep_handlers within a minute"
+            "handlers.enqueue_failed",
+            error=type(exc).__name__,
+            fallback=f"{SWEEP_HANDLERS_JOB} within a minute",
         )
         return None
     return None if enqueued is None else str(enqueued.job_id)
