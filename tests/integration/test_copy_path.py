@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 from support import event
 
-from worker.db import statements
+from worker.db import dialect, statements
 from worker.db.models import Event
 from worker.domain.rows import EVENT_COLUMNS, event_row
 from worker.protocol.events import validate_batch
@@ -108,7 +108,7 @@ async def test_copy_and_insert_paths_store_identical_rows(db, copied, big_number
         # all duplicates, counted from the statement's status
         assert await statements.insert_events(session, _rows("/copy", n, big_numbers)) == 0
         rows = _rows("/insert", n, big_numbers)
-        assert await statements.insert_ignoring_duplicates(
+        assert await dialect.insert_ignoring_duplicates(
             session, statements.EVENTS, rows, ("source", "event_id")
         )
     assert copied == [n + 1, n + 1]

@@ -28,8 +28,8 @@ from sqlalchemy import ColumnElement, Table, and_, func, literal_column, or_, se
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from worker.db.dialect import dialect_name, insert_ignoring_duplicates
 from worker.db.models import Event, HandlerRun
-from worker.db.statements import insert_ignoring_duplicates
 from worker.domain.handlers import JITTER_BUCKETS, RetryTiming, StoredEvent
 from worker.protocol.events import CloudEvent
 
@@ -134,7 +134,7 @@ async def claim_run(session: AsyncSession, run_id: int, tries: int) -> HandlerRu
     # either: ``HandlerRun.event`` is lazy="raise", and every claimed run needs its event.
     with_event = selectinload(HandlerRun.event)
     still_due = (HandlerRun.id == run_id, HandlerRun.status == PENDING, HandlerRun.tries == tries)
-    if session.get_bind().dialect.name == "sqlite":
+    if dialect_name(session) == "sqlite":
         claim = update(HANDLER_RUNS).where(*still_due).values(status=PENDING).returning(HANDLER_RUNS.c.id)
         if (await session.execute(claim)).scalar_one_or_none() is None:
             return None

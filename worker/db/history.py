@@ -40,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from worker.db.dialect import SNAPSHOT_ISOLATION
 from worker.db.models import DeadLetter, Event
 from worker.db.types import UtcDateTime
 from worker.domain.export import EXPORT_COLUMNS, ExportFilter
@@ -47,10 +48,6 @@ from worker.domain.export import EXPORT_COLUMNS, ExportFilter
 EVENTS: Table = Event.__table__  # type: ignore[assignment]
 DEAD_LETTERS: Table = DeadLetter.__table__  # type: ignore[assignment]
 
-#: The isolation that reads one snapshot for a whole transaction (PostgreSQL defaults to READ
-#: COMMITTED; MySQL/MariaDB default to this but a server may be configured otherwise). SQLite's
-#: single SELECT reads one snapshot already.
-_SNAPSHOT_ISOLATION = {"postgresql": "REPEATABLE READ", "mysql": "REPEATABLE READ"}
 #: Drivers whose server-side cursor does not bound the client's memory (see the module docstring).
 _PAGED_DRIVERS = frozenset({"asyncmy"})
 #: Drivers that decode ``timestamptz`` to aware UTC datetimes themselves: the export reads their
@@ -118,7 +115,9 @@ def select_events(query: ExportFilter, driver: str | None = None) -> Select[Any]
 async def snapshot(
     engine: AsyncEngine, *, application_name: str | None = None
 ) -> AsyncIterator[AsyncConnection]:
-    """A connection in a transaction that reads one snapshot (see :data:`_SNAPSHOT_ISOLATION`), begun.
+    """A connection in a transaction that reads one snapshot, begun.
+
+    The isolation level is :data:`~worker.db.dialect.SNAPSHOT_ISOLATION`'s for the engine's database.
 
     ``application_name`` tags the connection on PostgreSQL for the transaction's duration.
     On PostgreSQL the transaction is already open on the server when this yields (the
@@ -127,7 +126,7 @@ async def snapshot(
     """
     dialect = engine.dialect.name
     async with engine.connect() as connection:
-        isolation = _SNAPSHOT_ISOLATION.get(dialect)
+        isolation = SNAPSHOT_ISOLATION.get(dialect)
         if isolation is not None:
             connection = await connection.execution_options(isolation_level=isolation)
         async with connection.begin():

@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlalchemy.sql.elements import BindParameter
 
+from worker.db.dialect import dialect_name
 from worker.db.models import DeadLetter, Event
 
 #: Lag values fetched at most (a systematic sample); percentiles are exact up to this many events.
@@ -62,10 +63,6 @@ class LagSample:
     """The sampled lags, at most the sample size asked for, in no order."""
     events: int
     """How many events in the window carry a ``time`` (the sample's population)."""
-
-
-def _dialect(session: AsyncSession) -> str:
-    return session.get_bind().dialect.name
 
 
 #: A window bound: a value, or a parameter of the statement built once (:func:`_grouping_sets_statement`).
@@ -201,7 +198,7 @@ async def window_counts(
     PostgreSQL counts them in one pass over the window (``GROUPING SETS``); MySQL, MariaDB
     and SQLite have no grouping sets, so there the four statements run one after another.
     """
-    if _dialect(session) != "postgresql":
+    if dialect_name(session) != "postgresql":
         return WindowCounts(
             events=await count_events(session, start, end),
             by_type=await counts_by_type(session, start, end, limit),
@@ -226,7 +223,7 @@ async def without_parallel_workers(session: AsyncSession) -> None:
     never runs in parallel itself (bench/README.md, "Report fan-out"). ``set_config(..., true)``
     lasts until the transaction ends, so the pooled connection keeps the server's setting.
     """
-    if _dialect(session) == "postgresql":
+    if dialect_name(session) == "postgresql":
         await session.execute(select(func.set_config("max_parallel_workers_per_gather", "0", True)))
 
 
@@ -271,7 +268,7 @@ async def lag_sample(
     if population == 0:
         return LagSample(values=[], events=0)
     step = math.ceil(population / size)
-    statement = select(lag_seconds(_dialect(session)).label("lag")).where(in_window).limit(size)
+    statement = select(lag_seconds(dialect_name(session)).label("lag")).where(in_window).limit(size)
     if step > 1:
         statement = statement.where(Event.seq % step == 0)
     return LagSample(values=await _floats(session, statement), events=population)
@@ -284,7 +281,7 @@ async def _floats(session: AsyncSession, statement: Select[Any]) -> list[float]:
     row per value costs more, through SQLAlchemy, than the query's own work on the sample
     (bench/README.md, "Report fan-out").
     """
-    if _dialect(session) == "postgresql":
+    if dialect_name(session) == "postgresql":
         rows = statement.subquery()
         values = await session.scalar(select(func.array_agg(rows.c.lag))) or []
     else:

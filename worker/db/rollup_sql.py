@@ -85,9 +85,9 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from worker.db.dialect import SNAPSHOT_ISOLATION, dialect_name, insert_ignoring_duplicates
 from worker.db.engine import Database
 from worker.db.models import Checkpoint, Event, Rollup
-from worker.db.statements import insert_ignoring_duplicates
 from worker.db.types import UtcDateTime
 from worker.domain.rollups import BUCKET_SECONDS, EventTimes, RollupKey
 from worker.errors import CheckpointMoved
@@ -101,9 +101,6 @@ EVENTS: Table = Event.__table__  # type: ignore[assignment]
 ROLLUPS: Table = Rollup.__table__  # type: ignore[assignment]
 CHECKPOINTS: Table = Checkpoint.__table__  # type: ignore[assignment]
 
-#: One snapshot for the whole run (PostgreSQL defaults to READ COMMITTED; a MySQL server may be
-#: configured so). SQLite's write lock already makes the run see one state.
-_ISOLATION = {"postgresql": "REPEATABLE READ", "mysql": "REPEATABLE READ"}
 #: SQL names of the bucket sizes, for date_trunc and DATE_FORMAT.
 _PG_UNITS = {60: "minute", 3600: "hour"}
 #: asyncpg writes Python's first and last moments (0001-01-01 00:00 and 9999-12-31 23:59:59.999999
@@ -129,13 +126,12 @@ class ReadRange:
     more: bool
 
 
-def _dialect(session: AsyncSession) -> str:
-    return session.get_bind().dialect.name
-
-
 def transaction(db: Database, job_name: str | None = None) -> AbstractAsyncContextManager[AsyncSession]:
-    """A transaction for a rollup run (or a check): one snapshot from its first statement to its last."""
-    return db.transaction(job_name, isolation_level=_ISOLATION.get(db.dialect))
+    """A transaction for a rollup run (or a check): one snapshot from its first statement to its last.
+
+    SQLite's write lock (:func:`lock_checkpoint`) already makes the run see one state.
+    """
+    return db.transaction(job_name, isolation_level=SNAPSHOT_ISOLATION.get(db.dialect))
 
 
 async def ensure_checkpoint(session: AsyncSession, now: datetime) -> None:
@@ -163,7 +159,7 @@ async def lock_checkpoint(session: AsyncSession) -> int:
 
     A concurrent run waits here until this one ends. Call :func:`ensure_checkpoint` first.
     """
-    if _dialect(session) == "sqlite":
+    if dialect_name(session) == "sqlite":
         await _take_sqlite_write_lock(session)
     position = await session.scalar(
         select(CHECKPOINTS.c.position).where(CHECKPOINTS.c.name == CHECKPOINT).with_for_update()
@@ -179,7 +175,7 @@ async def read_checkpoint(session: AsyncSession) -> int | None:
     PostgreSQL and MySQL read it in the :func:`transaction`'s snapshot; SQLite takes the write
     lock, as a SELECT there would otherwise not be part of the transaction.
     """
-    if _dialect(session) == "sqlite":
+    if dialect_name(session) == "sqlite":
         await _take_sqlite_write_lock(session)
     position = await session.scalar(select(CHECKPOINTS.c.position).where(CHECKPOINTS.c.name == CHECKPOINT))
     return None if position is None else int(position)
@@ -191,11 +187,11 @@ async def safe_range(session: AsyncSession, start: int, *, limit: int, settled_b
     ``settled_before`` matters on MySQL/MariaDB only: rows received after it may still have
     lower seqs in flight (see the module docstring).
     """
-    if _dialect(session) == "postgresql":
+    if dialect_name(session) == "postgresql":
         return await _transaction_range(session, start, limit)
     seq = EVENTS.c.seq
     newer = [seq > start]
-    if _dialect(session) == "mysql":
+    if dialect_name(session) == "mysql":
         newer.append(EVENTS.c.received_at < settled_before)
     upper = await session.scalar(select(func.max(seq)).where(*newer))
     if upper is None:
@@ -303,7 +299,7 @@ async def count_range(session: AsyncSession, read: ReadRange) -> Counter[RollupK
     Gives what :func:`worker.domain.rollups.count_events` gives for the same rows; memory and traffic
     grow with the number of buckets, not of events.
     """
-    dialect = _dialect(session)
+    dialect = dialect_name(session)
     statement = union_all(*(_grouped(dialect, read, seconds) for seconds in BUCKET_SECONDS))
     counts: Counter[RollupKey] = Counter()
     for seconds, start, type_, source, count in await session.execute(statement):
@@ -324,7 +320,7 @@ async def covered_events(
     c = EVENTS.c
     covered: list[ColumnElement[bool]] = []
     if up_to is not None:
-        covered.append(c.txid < up_to if _dialect(session) == "postgresql" else c.seq <= up_to)
+        covered.append(c.txid < up_to if dialect_name(session) == "postgresql" else c.seq <= up_to)
     after = 0  # seq starts at 1
     while True:
         page = (
@@ -351,7 +347,7 @@ async def upsert_rollups(session: AsyncSession, rows: Sequence[dict[str, Any]]) 
     """
     if not rows:
         return 0
-    dialect = _dialect(session)
+    dialect = dialect_name(session)
     if dialect in {"postgresql", "sqlite"}:
         insert = postgresql.insert(ROLLUPS) if dialect == "postgresql" else sqlite.insert(ROLLUPS)
         statement: Any = insert.on_conflict_do_update(

@@ -1,56 +1,31 @@
 """Every SQL statement the jobs and the CLI run, named for what it does.
 
-Dialect differences live here and nowhere else: :func:`insert_ignoring_duplicates`
-is the one place that knows PostgreSQL/SQLite say ``ON CONFLICT DO NOTHING`` and
-MySQL/MariaDB say ``INSERT IGNORE``.
+Storing exactly once goes through :func:`worker.db.dialect.insert_ignoring_duplicates`, the
+one place that knows PostgreSQL/SQLite say ``ON CONFLICT DO NOTHING`` and MySQL/MariaDB say
+``INSERT IGNORE``; on asyncpg a large ingest batch takes the COPY path instead (:func:`insert_events`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
 import orjson
 from sqlalchemy import Table, bindparam, func, insert, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from worker.db.dialect import insert_ignoring_duplicates
 from worker.db.models import DeadLetter, Event, FailedJob
 from worker.domain.rows import EVENT_COLUMNS, EventRow
 from worker.protocol.events import Rejection
 
 EVENTS: Table = Event.__table__  # type: ignore[assignment]
 DEAD_LETTERS: Table = DeadLetter.__table__  # type: ignore[assignment]
-
-
-async def insert_ignoring_duplicates(
-    session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]], unique: Sequence[str]
-) -> int:
-    """Insert ``rows`` in bulk, skipping any whose ``unique`` key is already stored; return how many were new.
-
-    The count comes from the statement itself (RETURNING rows or the affected-row count),
-    not from extra queries. Safe when another transaction inserts the same keys at once.
-    """
-    if not rows:
-        return 0
-    dialect = session.get_bind().dialect.name
-    if dialect in {"postgresql", "sqlite"}:
-        dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        primary = next(iter(table.primary_key.columns))
-        statement = (
-            dialect_insert(table).on_conflict_do_nothing(index_elements=list(unique)).returning(primary)
-        )
-        result = await session.execute(statement, list(rows))
-        return len(result.all())
-    if dialect in {"mysql", "mariadb"}:
-        result = await session.execute(insert(table).prefix_with("IGNORE"), list(rows))
-        return int(result.rowcount)  # type: ignore[attr-defined]
-    raise NotImplementedError(f"no idempotent insert for dialect {dialect!r}")
 
 
 _IDENTITY = itemgetter("source", "event_id")

@@ -19,6 +19,7 @@ from typing import Final
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from worker.db.dialect import dialect_name
 from worker.db.models import Checkpoint, DeadLetter, Event, FailedJob, HandlerRun, Rollup
 
 #: The rollups' checkpoint row (see :data:`worker.db.rollup_sql.CHECKPOINT`).
@@ -58,7 +59,7 @@ async def rollup_lag(session: AsyncSession) -> RollupLag:
         )
     ).first()
     position, updated_at = (None, None) if row is None else (int(row[0]), row[1])
-    dialect = session.get_bind().dialect.name
+    dialect = dialect_name(session)
     past = select(Event.seq).where(_past(dialect, position or 0)).limit(LAG_CAP).subquery()
     events = await session.scalar(select(func.count()).select_from(past))
     return RollupLag(position, updated_at, int(events or 0))
