@@ -56,11 +56,11 @@ from sqlalchemy.engine import make_url
 
 from bench.common import BenchDatabase, bench_database
 from bench.events import SOURCES, TYPES
+from jobs.stats import build_report
 from worker.config import load_settings
 from worker.db import report_sql
 from worker.db.engine import Database
-from worker.db.report_sql import LAG_SAMPLE_SIZE
-from worker.domain.report import PERCENTILES, Report, Window, build_report, percentile
+from worker.domain.report import LAG_SAMPLE_SIZE, PERCENTILES, Report, Window, percentile
 
 RESULTS = Path(__file__).resolve().parent / "results" / "report.json"
 SUBJECTS = [f"customer/{n:04d}" for n in range(1000)]

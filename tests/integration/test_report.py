@@ -13,12 +13,12 @@ from click.testing import CliRunner
 from sqlalchemy import text
 from support import job_ctx
 
-from jobs.stats import event_stats
+from jobs.stats import build_report, event_stats
 from worker.commands.stats import stats_command
 from worker.db import report_sql
 from worker.db.engine import Database
 from worker.db.models import DeadLetter, Event
-from worker.domain.report import Window, build_report, percentile
+from worker.domain.report import Window, percentile
 from worker.errors import JobFailed
 
 pytestmark = pytest.mark.integration

@@ -9,13 +9,13 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool, StaticPool
 
-from worker.db.report_sql import LagSample
+from jobs.stats import fan_out_width
 from worker.domain.report import (
+    LagSample,
     LagStats,
     Report,
     Timing,
     Window,
-    fan_out_width,
     format_table,
     percentile,
     to_json,

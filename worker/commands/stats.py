@@ -1,6 +1,6 @@
 """``eventworker stats``: the event statistics report over the last window, as a table or JSON.
 
-It runs the code the ``event_stats`` job runs (:func:`worker.domain.report.build_report`), on its
+It runs the code the ``event_stats`` job runs (:func:`jobs.stats.build_report`), on its
 own engine sized by the usual pool settings.
 """
 
@@ -11,11 +11,13 @@ import orjson
 
 from worker.commands.base import run_or_exit, settings_or_exit, with_database
 from worker.config import Settings
-from worker.domain.report import Report, Window, build_report, format_table, to_json
+from worker.domain.report import Report, Window, format_table, to_json
 from worker.errors import InvalidArgument
 
 
 async def _report(settings: Settings, window: Window, fan_out: bool) -> Report:
+    from jobs.stats import build_report  # imported here: the jobs load arq, which --help does not need
+
     return await with_database(settings, lambda db: build_report(db, window, fan_out=fan_out))
 
 

@@ -2,8 +2,9 @@
 
 Every query covers one window of arrival time, ``start <= received_at < end`` (events by
 their ``received_at``, dead letters by theirs), so the indexes on ``received_at`` bound the
-scan. The report runs three (:mod:`worker.domain.report`), independent of each other, one after
-another in one session or each in its own session at the same time:
+scan. The report runs three (:func:`jobs.stats.build_report`), independent of each other, one
+after another in one session or each in its own session at the same time; their results are the
+shapes of :mod:`worker.domain.report`:
 
 - :func:`window_counts`: the event count, counts by type and by source and the top subjects.
   On PostgreSQL that is one pass over the window (``GROUPING SETS``) instead of four, in
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -48,22 +48,7 @@ from sqlalchemy.sql.elements import BindParameter
 
 from worker.db.dialect import dialect_name
 from worker.db.models import DeadLetter, Event
-
-#: Lag values fetched at most (a systematic sample); percentiles are exact up to this many events.
-LAG_SAMPLE_SIZE = 10_000
-
-Counts = list[tuple[str, int]]
-
-
-@dataclass(frozen=True, slots=True)
-class LagSample:
-    """Ingestion lags in seconds (``received_at - time``) of events that carry a ``time``."""
-
-    values: list[float]
-    """The sampled lags, at most the sample size asked for, in no order."""
-    events: int
-    """How many events in the window carry a ``time`` (the sample's population)."""
-
+from worker.domain.report import LAG_SAMPLE_SIZE, Counts, LagSample, WindowCounts
 
 #: A window bound: a value, or a parameter of the statement built once (:func:`_grouping_sets_statement`).
 _Bound = datetime | BindParameter[datetime]
@@ -110,16 +95,6 @@ async def top_subjects(session: AsyncSession, start: datetime, end: datetime, li
     """The ``limit`` most frequent subjects in the window (events without one left out)."""
     statement = _grouped(Event.subject, start, end, limit).where(Event.subject.is_not(None))
     return await _counts(session, statement)
-
-
-@dataclass(frozen=True, slots=True)
-class WindowCounts:
-    """A window's four counting figures, each as its own statement finds it (:func:`window_counts`)."""
-
-    events: int
-    by_type: Counts
-    by_source: Counts
-    top_subjects: Counts
 
 
 #: ``GROUPING(type, source, subject)`` of each grouping set: a bit set per column left out.
