@@ -3,7 +3,7 @@
 
     python3 dev.py demo      # the demo, on embedded SQLite + in-process Redis unless the URLs are set
     python3 dev.py test      # the whole test suite (needs PostgreSQL and Redis, see README)
-    python3 dev.py lint      # ruff and mypy
+    python3 dev.py lint      # ruff, mypy and the import contracts (lint-imports)
     python3 dev.py docs      # build the documentation site strictly into docs/_build/html
     python3 dev.py docs-serve  # serve it on http://127.0.0.1:8000, rebuilt as pages change
     python3 dev.py setup     # only create .venv with everything the tests need
@@ -67,6 +67,7 @@ def main(argv: list[str]) -> int:
             [str(BIN / "ruff"), "check", "."],
             [str(BIN / "ruff"), "format", "--check", "."],
             [str(BIN / "mypy")],
+            [str(BIN / "lint-imports"), "--no-cache"],  # the layering contracts in pyproject.toml
         ]
         return max(_run(check) for check in checks)
     if task == "docs":
