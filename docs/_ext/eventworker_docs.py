@@ -85,7 +85,7 @@ def metrics_rows() -> list[tuple[str, str, str, str]]:
             labels = getattr(collector, "_labelnames", None) or getattr(collector, "labelnames", ())
             for family in families:
                 name = family.name + (_COUNTER_SUFFIX if family.type == "counter" else "")
-                found = labels or sorted({k for s in family.samples for k in s.labels})
+                found = labels or getattr(family, "_labelnames", ())  # a collector's family names its own
                 shown = ", ".join(f"`{label}`" for label in found)
                 rows.append((name, family.type, shown, _cell(family.documentation)))
     finally:
