@@ -56,7 +56,7 @@ class IngestOptions:
     batch_size: int = 1000
     runs: int = 3
     mix: Mix = field(default_factory=Mix)
-    max_jobs: int = 10  # the worker's default; fewer left the database idle here (README, Performance)
+    max_jobs: int = 10  # the worker's default; fewer left the database idle here (docs/performance.md)
     poll_delay: float = 0.05
     keep_result: float = 3600.0
     latency_seconds: float = 10.0

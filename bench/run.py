@@ -64,7 +64,7 @@ def size(args: argparse.Namespace, name: str) -> Any:
 
 
 def ingest_options(args: argparse.Namespace) -> IngestOptions:
-    """The ingestion settings of this run (the README's throughput settings unless told otherwise)."""
+    """The ingestion settings of this run (docs/performance.md's throughput settings unless told)."""
     return IngestOptions(
         events=size(args, "events"),
         batch_size=size(args, "batch_size"),
@@ -84,7 +84,7 @@ async def run_ingest(args: argparse.Namespace) -> dict[str, Any]:
     db = await bench_database("ingest", args.pg_url).create()
     try:
         result: dict[str, Any] = {"end_to_end": await end_to_end(db, options)}
-        # The README's latency settings; each job's finish time is in arq's results, so they are kept.
+        # docs/performance.md's latency settings; each job's finish time is in arq's results: keep them.
         timed = replace(options, keep_result=3600.0, poll_delay=args.latency_poll_delay, max_jobs=10)
         half = result["end_to_end"]["events_per_s"] / 2
         result["latency"] = {

@@ -115,7 +115,7 @@ def worker_settings(settings: Settings, **overrides: Any) -> dict[str, Any]:
         # On SIGTERM/SIGINT: take no new job, let running ones finish for this long, then cancel the rest,
         # which arq hands back to the queue. Without the wait arq cancels every job at once, and a job
         # cancelled while arq fetches or finishes it escapes arq's handling: the worker exits 1 and the
-        # job stays locked until job_timeout + 15 s (README, "Guarantees").
+        # job stays locked until job_timeout + 15 s (docs/concepts.md, "Guarantees").
         "job_completion_wait": settings.shutdown_wait,
         "max_tries": max(settings.max_tries + RECORD_TRIES, ARQ_TRY_LIMIT),
         "health_check_interval": settings.health_check_interval,

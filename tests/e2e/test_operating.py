@@ -6,7 +6,7 @@ the rollups. Then each worker's /metrics adds up to what was sent, `status --jso
 three workers, the queue, the failure and the dead letters, `health` passes; a killed worker
 turns `health` red by name. The dashboard, loaded in headless Chromium (Debian's package),
 shows the same figures and the <script> payload as text, and leaves a screenshot
-(``EVENTWORKER_TEST_SCREENSHOT=docs/dashboard.png`` keeps it where the README shows it).
+(``EVENTWORKER_TEST_SCREENSHOT=docs/dashboard.png`` keeps it where docs/operating.md shows it).
 """
 
 from __future__ import annotations

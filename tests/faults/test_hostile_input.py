@@ -182,7 +182,7 @@ def payloads(draw: st.DrawFn) -> tuple[Any, list[dict[str, Any]]]:
 
 def _same_json(sent: Any, kept: Any) -> bool:
     """Equal as JSON. NaN and infinities are not JSON: the dead letter holds null for them (a known
-    limitation, README "Guarantees"), or NaN where the stdlib encoded it.
+    limitation, docs/concepts.md "Guarantees"), or NaN where the stdlib encoded it.
 
     Walks with a stack, not recursion: inputs nest 1,000 levels deep, past what the C stack takes
     under hypothesis (which raises the recursion limit).
@@ -462,7 +462,7 @@ def test_bytes_from_elsewhere_are_kept_never_run(hostile_database, fault_redis, 
 
     marker = tmp_path / "executed"
     raw_jobs = st.lists(
-        st.binary(min_size=1, max_size=64)  # zero bytes: arq drops the job as expired (README, "Guarantees")
+        st.binary(min_size=1, max_size=64)  # zero bytes: arq drops the job as expired (docs/concepts.md)
         | any_json.map(
             lambda value: pickle.dumps({"f": "ingest_events", "a": [value], "k": {}, "t": 1, "et": 0})
         )

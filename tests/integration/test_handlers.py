@@ -352,7 +352,7 @@ async def test_runs_of_handlers_this_worker_lacks_stay_pending(registry, setting
 
 async def test_the_example_handlers_run_as_documented(registry, settings, db, monkeypatch, capsys):
     """examples.order_totals by name: totals logged, a negative amount ends failed, the legacy one counts."""
-    monkeypatch.syspath_prepend(REPOSITORY)  # PYTHONPATH=. in the README
+    monkeypatch.syspath_prepend(REPOSITORY)  # PYTHONPATH=. in docs/concepts.md
     monkeypatch.delitem(sys.modules, "examples.order_totals", raising=False)  # import it into this registry
     settings = settings.model_copy(update={"handler_modules": ["examples.order_totals"]})
     source = unique_source()

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_a_job_written_with_plain_redis_commands_is_ingested(settings, db):
-    """SET arq:job:<id> <JSON> + ZADD <queue> <ms> <id>, exactly as the README shows, stores the events."""
+    """SET arq:job:<id> <JSON> + ZADD <queue> <ms> <id>, as docs/producers.md shows, stores the events."""
     job_id = uuid.uuid4().hex
     now_ms = int(time.time() * 1000)
     payload = {"t": 1, "f": "ingest_events", "a": [[event(1), event(2)]], "k": {}, "et": now_ms}

@@ -1,15 +1,16 @@
-"""The paths users and the README name keep working, whatever module the code behind them lives in."""
+"""The paths users and the docs name keep working, whatever module the code behind them lives in."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
 
-#: Every command and sub-command the README documents, as a user types it after ``eventworker``.
+#: Every command and sub-command docs/reference/index.md lists, as typed after ``eventworker``.
 DOCUMENTED_COMMANDS = {
     ("run",),
     ("migrate",),
@@ -68,10 +69,13 @@ def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> set[tuple[str
 
 
 def test_every_documented_command_exists():
-    """The console script's group has exactly the commands the README lists."""
+    """The console script's group has exactly the commands the docs list, and the docs name each."""
     from worker.commands.cli import main
 
     assert _commands(main) == DOCUMENTED_COMMANDS
+    page = (Path(__file__).resolve().parents[2] / "docs" / "reference" / "index.md").read_text()
+    for command in {path[0] for path in DOCUMENTED_COMMANDS}:
+        assert f"`eventworker {command}" in page or f"(or `{command}`)" in page, command
 
 
 @pytest.mark.parametrize("argv", [["-m", "worker", "--help"], ["-m", "arq", "--help"]])

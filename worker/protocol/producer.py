@@ -8,7 +8,7 @@
 Lists are split into jobs of ``batch_size`` events. The wire format is plain arq
 with JSON: job name ``ingest_events``, one positional argument (a list of
 CloudEvents as JSON objects), so producers in other languages can enqueue too
-(see the README). This module imports arq and pydantic, never SQLAlchemy.
+(see docs/producers.md). This module imports arq and pydantic, never SQLAlchemy.
 
 An enqueue that meets an unreachable Redis (a restart, a dropped connection) is tried again
 under the same job id, up to 5 more times over 2.5 to 5 s by default (back-off 0.2 s doubling to
@@ -17,7 +17,7 @@ a try whose reply was lost but which reached Redis is recognised by its id and c
 job is queued once. When every try failed, :class:`EnqueueError` names the job id and the
 Redis URL (password hidden); enqueueing the same batch under that id again is safe. A job
 counts as accepted only once ``emit_batch`` returned: what Redis then holds survives a Redis
-restart only if Redis persists it (AOF, see the README's "Guarantees").
+restart only if Redis persists it (AOF, see docs/concepts.md, "Guarantees").
 """
 
 from __future__ import annotations
