@@ -4,10 +4,10 @@
 # migrations, any other CLI subcommand works the same way. Configure it with DATABASE_URL,
 # REDIS_URL and EVENTWORKER_* variables, or mount a settings.env at /app/settings.env.
 #
-# Two stages: the builder makes a wheel of the project and installs it, with its runtime
-# dependencies and the psycopg and mysql extras, into /opt/venv; the final image gets that
-# virtualenv only, so no source tree, build tool or pip cache ends up in it. Both stages use
-# the same base image, because the virtualenv's python is a link to the base's interpreter.
+# Two stages: the builder installs the locked runtime dependencies (with the psycopg and mysql
+# extras) and then the project into /opt/venv; the final image gets that virtualenv only, so no
+# source tree or pip cache ends up in it. Both stages use the same base image, because the
+# virtualenv's python is a link to the base's interpreter.
 
 FROM python:3.11-slim-bookworm AS builder
 
@@ -19,18 +19,22 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-# .dockerignore lets only the package sources and their metadata in.
-COPY . .
 
-# Every runtime dependency ships a manylinux wheel for CPython 3.11 (asyncmy, asyncpg,
-# psycopg-binary, orjson, hiredis, greenlet, ...), so the builder needs no compiler.
-# --only-binary=:all: keeps it that way: a new dependency without a wheel fails this step
-# instead of quietly needing build-essential (the project itself is still built from /src).
-# /tmp/dist then holds the project's wheel and the wheels of everything it needs, and the
-# install takes exactly those files, with no index to pick anything else.
-RUN pip wheel --no-cache-dir --only-binary=:all: --wheel-dir /tmp/dist ".[psycopg,mysql]" \
-    && pip install --no-cache-dir --no-index /tmp/dist/*.whl \
-    && rm -rf /tmp/dist
+# The dependencies come from the lock file alone (requirements/runtime.txt, made by `python3 dev.py
+# lock`): each package at its pinned version, each file checked against its sha256, so an image built
+# next month runs the same code as one built today. Copied before the sources so that this layer is
+# rebuilt only when the lock changes. Every locked package ships a manylinux wheel for CPython 3.11
+# (asyncmy, asyncpg, psycopg-binary, orjson, hiredis, greenlet, ...), so the builder needs no
+# compiler; --only-binary=:all: keeps it that way: a new dependency without a wheel fails this step
+# instead of quietly needing build-essential. The lock also pins the build backend (setuptools).
+COPY requirements/runtime.txt requirements/runtime.txt
+RUN pip install --no-cache-dir --require-hashes --only-binary=:all: -r requirements/runtime.txt
+
+# Then the project itself, built from /src (.dockerignore lets only the package sources and their
+# metadata in) with the locked setuptools: no dependency, no build tool and no index is fetched here.
+COPY . .
+RUN pip install --no-cache-dir --no-deps --no-build-isolation --no-index . \
+    && pip check
 
 
 FROM python:3.11-slim-bookworm
