@@ -22,6 +22,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 import structlog
+from pgcluster import tls_cluster  # noqa: F401 - fixtures of the tests' own PostgreSQL clusters
 from sqlalchemy.engine import make_url
 
 from worker.config import Settings, load_settings

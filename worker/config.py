@@ -68,24 +68,30 @@ def redact_url(url: str | URL) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
-def normalize_database_url(raw: str) -> str:
-    """Return the async SQLAlchemy URL for ``raw``, or raise ConfigError naming DATABASE_URL.
+#: libpq's ``sslmode`` values, weakest first.
+PG_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+#: libpq's TLS parameters naming files; ``sslrootcert=system`` (libpq 16) means the system's CAs.
+_PG_TLS_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
+
+
+def normalize_database_url(raw: str, setting: str = "DATABASE_URL") -> str:
+    """Return the async SQLAlchemy URL for ``raw``, or raise ConfigError naming ``setting``.
 
     Bare ``postgres://``/``postgresql://`` mean asyncpg; synchronous drivers are refused
-    with the async driver to use instead.
+    with the async driver to use instead. PostgreSQL URLs may carry libpq's TLS parameters
+    (``sslmode``, ``sslrootcert``, ...: checked here, handed to each driver in the form it takes by
+    :mod:`worker.db.connect`).
     """
     try:
         url = make_url(raw)
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
-        raise ConfigError(
-            "DATABASE_URL", "is not a database URL (expected e.g. postgresql://host/db)"
-        ) from None
+        raise ConfigError(setting, "is not a database URL (expected e.g. postgresql://host/db)") from None
     name = url.drivername
     if name in _BARE_SCHEMES:
         url = url.set(drivername=_BARE_SCHEMES[name])
     elif name == "sqlite":
         raise ConfigError(
-            "DATABASE_URL",
+            setting,
             f"{redact_url(url)} uses the synchronous sqlite3 driver; use {_ASYNC_ALTERNATIVE['sqlite']}",
         )
     if url.drivername not in ASYNC_DRIVERS:
@@ -93,13 +99,28 @@ def normalize_database_url(raw: str) -> str:
         alternative = _ASYNC_ALTERNATIVE.get(backend)
         if alternative:
             raise ConfigError(
-                "DATABASE_URL",
+                setting,
                 f"driver {url.drivername!r} is synchronous or unsupported; use {alternative}",
             )
         raise ConfigError(
-            "DATABASE_URL", f"unsupported database {backend!r}; supported: {', '.join(sorted(ASYNC_DRIVERS))}"
+            setting, f"unsupported database {backend!r}; supported: {', '.join(sorted(ASYNC_DRIVERS))}"
         )
+    if url.get_backend_name() == "postgresql":
+        _check_tls_parameters(url, setting)
     return url.render_as_string(hide_password=False)
+
+
+def _check_tls_parameters(url: URL, setting: str) -> None:
+    """A mistyped ``sslmode`` or a certificate file that is not there fails here, not at every connect."""
+    mode = url.query.get("sslmode")
+    if mode is not None and mode not in PG_SSLMODES:
+        raise ConfigError(setting, f"sslmode={mode!r} is not one of {', '.join(PG_SSLMODES)}")
+    for parameter in _PG_TLS_FILES:
+        path = url.query.get(parameter)
+        if not isinstance(path, str) or (parameter == "sslrootcert" and path == "system"):
+            continue
+        if not Path(path).is_file():
+            raise ConfigError(setting, f"{parameter}={path}: no such file")
 
 
 def default_application_name() -> str:

@@ -25,6 +25,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from worker.config import Settings
 from worker.constants import MAX_APPLICATION_NAME
 from worker.db import statements
+from worker.db.connect import driver_options, explain_refusals
 from worker.db.failures import is_asyncpg_out_of_step
 from worker.protocol.serialization import deserialize
 
@@ -74,6 +75,7 @@ def make_engine(settings: Settings) -> AsyncEngine:
     """Create the worker's engine: pool sized from settings, connections tagged, JSON through orjson."""
     url = make_url(settings.database_url)
     driver = url.get_driver_name()
+    options = driver_options(url)  # libpq's TLS parameters, in the form asyncpg takes them
     pool_args: dict[str, Any] = {
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
@@ -82,14 +84,16 @@ def make_engine(settings: Settings) -> AsyncEngine:
     if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
         pool_args = {}  # an in-memory SQLite database lives in its single connection
     engine = create_async_engine(
-        url,
+        options.url,
         pool_pre_ping=settings.db_pool_pre_ping,
         hide_parameters=True,  # errors must not carry event payloads (or anything secret) into logs
-        connect_args=_connect_args(driver, settings),
+        connect_args={**_connect_args(driver, settings), **options.connect_args},
         json_serializer=_json_dumps,
         json_deserializer=deserialize,  # exact integers beyond 64 bits (orjson reads them as floats)
         **pool_args,
     )
+    if url.get_backend_name() == "postgresql":
+        explain_refusals(engine, url, "DATABASE_URL")
     if driver == "aiosqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas(settings.sqlite_busy_timeout_ms))
     if driver == "asyncpg":  # the ingest job's COPY staging table, made once per connection
