@@ -48,7 +48,7 @@ DOCS = ["docs", "docs/_build/html"]  # the site's sources and where it is built
 LOCKS = ROOT / "requirements"
 #: Each lock file and the extras of pyproject.toml it holds. runtime.txt is resolved under dev.txt's
 #: pins (a constraint), so a package both hold has the same version in both.
-LOCK_EXTRAS = {"dev": ["dev"], "runtime": ["psycopg", "mysql"]}
+LOCK_EXTRAS = {"dev": ["dev"], "runtime": ["psycopg", "mysql", "http"]}
 #: The uv that `dev.py lock` runs: a fixed version, so that the same inputs give the same lock.
 UV_VERSION = "0.13.8"
 INPUTS_LINE = "# inputs-sha256: "

@@ -10,7 +10,9 @@ Nothing is read at import: call :func:`load_settings`. Invalid values become one
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import socket
 import textwrap
 from pathlib import Path
@@ -57,6 +59,8 @@ _ASYNC_ALTERNATIVE = {
 }
 
 MEMORY_REDIS = "memory://"
+#: A SHA-256 digest written as hex, as sha256sum prints it.
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def redact_url(url: str | URL) -> str:
@@ -258,6 +262,69 @@ class Settings(BaseSettings):
     dashboard_refresh: Annotated[int, Field(ge=1)] = Field(
         10, description="Seconds between the dashboard page's automatic reloads."
     )
+    http_host: str = Field(
+        "127.0.0.1",
+        description="Address `eventworker serve` listens on. Without EVENTWORKER_PRODUCERS_FILE anyone who"
+        " can connect may send events, so serve then listens on loopback only, whatever this says.",
+    )
+    http_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        8000, description="Port `eventworker serve` listens on (0 picks a free one)."
+    )
+    producers_file: str | None = Field(
+        None,
+        description="JSON file listing who may send events over HTTP: each producer's name, the SHA-256 of"
+        " its bearer token and the source prefixes it may send (see docs/http.md); unset: no token needed.",
+    )
+    admin_token_sha256: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="SHA-256 (hex) of the operator API's admin token(s), comma-separated: reads and actions"
+        " (requeue, retry, re-drive), and the dashboard's login. Unset: no admin access over HTTP.",
+    )
+    reader_token_sha256: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="SHA-256 (hex) of the operator API's read-only token(s), comma-separated.",
+    )
+    http_max_body_bytes: PositiveInt = Field(
+        8_388_608, description="Largest request body `serve` reads; a larger one is refused with 413."
+    )
+    http_max_batch_events: PositiveInt = Field(
+        10_000, description="Most events in one batched request; more is refused with 413."
+    )
+    http_body_timeout: PositiveFloat = Field(
+        10.0,
+        description="Seconds a client may take to send a request body; a slower one gets 408 and is"
+        " disconnected (uvicorn alone does not bound it).",
+    )
+    http_rate_limit: PositiveInt | None = Field(
+        10_000,
+        description="Events each producer (or, without a producers file, each client address) may send per"
+        " EVENTWORKER_HTTP_RATE_WINDOW, counted in Redis across every serve process; over it: 429. Unset: no"
+        " limit.",
+    )
+    http_rate_window: PositiveFloat = Field(
+        1.0, description="Seconds over which EVENTWORKER_HTTP_RATE_LIMIT counts."
+    )
+    http_max_queue_depth: PositiveInt | None = Field(
+        10_000,
+        description="Jobs waiting in the queue above which `serve` refuses events with 503 and Retry-After,"
+        " so producers back off instead of filling Redis. Unset: no bound.",
+    )
+    http_trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For is believed,"
+        " comma-separated; from anyone else the header is ignored.",
+    )
+    http_webhook_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins the CloudEvents webhook handshake (OPTIONS with WebHook-Request-Origin) allows,"
+        " comma-separated; * allows any.",
+    )
+    http_session_hours: PositiveFloat = Field(
+        8.0, description="Hours a dashboard login (its HttpOnly cookie) lasts."
+    )
+    http_csrf_seconds: PositiveFloat = Field(
+        3600.0, description="Seconds a dashboard form's CSRF token stays valid."
+    )
     handler_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Modules registering event handlers, as comma-separated import paths.",
@@ -287,11 +354,38 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss://, unix:// (or be memory:// for the demo)")
         return value
 
-    @field_validator("handler_modules", mode="before")
+    @field_validator(
+        "handler_modules",
+        "admin_token_sha256",
+        "reader_token_sha256",
+        "http_trusted_proxies",
+        "http_webhook_origins",
+        mode="before",
+    )
     @classmethod
     def _module_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("admin_token_sha256", "reader_token_sha256")
+    @classmethod
+    def _sha256_hex(cls, value: list[str]) -> list[str]:
+        for digest in value:
+            if not _SHA256_HEX.fullmatch(digest):
+                raise ValueError(
+                    "each entry must be a SHA-256 digest: 64 hex digits (sha256sum of the token)"
+                )
+        return [digest.lower() for digest in value]
+
+    @field_validator("http_trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an address or a network (CIDR)") from None
         return value
 
     @field_validator("application_name")

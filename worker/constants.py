@@ -63,3 +63,7 @@ CRON_KEY_PREFIX: Final = "eventworker:cron:"
 #: Redis key counting a job's tries that met an unreachable database (for their back-off); the job id
 #: follows the prefix. See ``worker.runtime.jobrunner``.
 DB_WAITS_PREFIX: Final = "eventworker:db-waits:"
+
+#: Redis key counting the events a producer (or a client address) sent over HTTP in one rate-limit window;
+#: the producer and the window's number follow the prefix. See ``worker.http.limits``.
+RATE_LIMIT_KEY_PREFIX: Final = "eventworker:http-rate:"

@@ -21,6 +21,9 @@ NOT_AT_START = (
     "worker.ops",
     "worker.runtime",
     "worker.db.schema",
+    "worker.http",
+    "fastapi",
+    "uvicorn",
 )
 
 

@@ -15,6 +15,7 @@ DOCUMENTED_COMMANDS = {
     ("run",),
     ("migrate",),
     ("enqueue",),
+    ("serve",),
     ("dead-letters",),
     ("failed", "list"),
     ("failed", "requeue"),

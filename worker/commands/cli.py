@@ -18,6 +18,7 @@ from worker.commands.export import export_command, retention_command
 from worker.commands.failures import dead_letters_command, failed_command
 from worker.commands.handlers import handlers_command
 from worker.commands.rollups import rollups_command
+from worker.commands.serve import serve_command
 from worker.commands.stats import stats_command
 from worker.commands.status import check_command, dashboard_command, health_command, status_command
 from worker.commands.worker import migrate_command, run_command
@@ -34,6 +35,7 @@ for command in (
     run_command,
     migrate_command,
     enqueue_command,
+    serve_command,
     demo_command,
     config_command,
     # What it could not do

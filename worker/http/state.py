@@ -1,0 +1,78 @@
+"""What the application holds while it runs, and the dependencies routes take it through.
+
+The lifespan (:mod:`worker.http.app`) builds one :class:`HttpState`: the engine (as a
+:class:`~worker.db.engine.Database`), the Redis pool, the producer client that enqueues through
+it, the producers file, the HTTP metrics. Routes reach it with ``Depends``, and a route that
+touches the database gets one ``AsyncSession`` for its request (:func:`session`), closed when the
+response is sent, as SQLAlchemy's and FastAPI's documentation show.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Final
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from worker.config import Settings
+from worker.db.engine import Database
+from worker.domain.producers import Producers
+from worker.http.limits import Admission, Network
+from worker.http.metrics import HttpMetrics
+from worker.ops.status import Status, StatusReader
+from worker.protocol.producer import EventProducer
+
+#: Seconds a gathered status is served again: many open dashboards do not multiply the queries.
+STATUS_CACHE_S: Final = 1.0
+
+
+@dataclass(slots=True)
+class HttpState:
+    """The running application's resources, made in the lifespan and closed at its end."""
+
+    settings: Settings
+    db: Database
+    """Writes, and reads where no read replica is configured."""
+    redis: Any
+    """The arq pool (``ArqRedis``) shared by every request."""
+    producer: EventProducer
+    """Enqueues ingest jobs exactly as a Python producer does, on :attr:`redis`."""
+    producers: Producers | None
+    """The producers file; None: no token needed (serve then listens on loopback only)."""
+    metrics: HttpMetrics
+    admission: Admission
+    """The rate limit and the queue-depth bound, counted in :attr:`redis`."""
+    trusted_proxies: tuple[Network, ...]
+    """``EVENTWORKER_HTTP_TRUSTED_PROXIES``, parsed."""
+    status_reader: StatusReader
+    """What ``/api/status`` and the dashboard show; its own engine and pool, like the old dashboard's."""
+    _cached_status: tuple[float, Status] | None = None
+
+    async def status(self) -> Status:
+        """The current status, read at most once per :data:`STATUS_CACHE_S` however many ask."""
+        if self._cached_status is not None and time.monotonic() - self._cached_status[0] < STATUS_CACHE_S:
+            return self._cached_status[1]
+        status = await self.status_reader.read()
+        self._cached_status = (time.monotonic(), status)
+        return status
+
+
+def http_state(request: Request) -> HttpState:
+    """The application's :class:`HttpState`."""
+    state: HttpState = request.app.state.http
+    return state
+
+
+StateDep = Annotated[HttpState, Depends(http_state)]
+
+
+async def session(state: StateDep) -> AsyncIterator[AsyncSession]:
+    """One session for the request, closed (its connection back in the pool) once the response is sent."""
+    async with state.db.sessionmaker() as request_session:
+        yield request_session
+
+
+SessionDep = Annotated[AsyncSession, Depends(session)]
