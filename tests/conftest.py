@@ -23,6 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 import structlog
 from pgcluster import tls_cluster  # noqa: F401 - fixtures of the tests' own PostgreSQL clusters
+from redis_servers import sentinel_group, sentinel_group_of_the_run  # noqa: F401 - the tests' own Redis
 from sqlalchemy.engine import make_url
 
 from worker.config import Settings, load_settings

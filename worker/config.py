@@ -26,6 +26,8 @@ from sqlalchemy.exc import ArgumentError
 
 from worker.constants import DEFAULT_QUEUE, MAX_APPLICATION_NAME
 from worker.errors import ConfigError
+from worker.redis_url import RedisUrlError, parse_redis_url, redis_url_secrets
+from worker.redis_url import redact_redis_url as _redact_redis_url
 
 ENV_PREFIX = "EVENTWORKER_"
 DEFAULT_ENV_FILE = "settings.env"
@@ -158,7 +160,9 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         "redis://localhost:6379/0",
         validation_alias=AliasChoices("REDIS_URL", "EVENTWORKER_REDIS_URL"),
-        description="Redis URL (redis://, rediss://, unix://); memory:// is the demo's in-process stand-in.",
+        description="Redis URL: redis://, rediss:// (TLS, ?ssl_ca_certs=...), unix://, or"
+        " redis+sentinel://host:port[,host:port...]/<service> to follow a Sentinel-managed primary"
+        " (docs/deploying.md); memory:// is the demo's in-process stand-in.",
     )
     queue_name: str = Field(DEFAULT_QUEUE, description="arq queue (Redis sorted set) to consume.")
     redis_retry_window: Annotated[float, Field(ge=0)] = Field(
@@ -349,9 +353,10 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str) -> str:
         if value == MEMORY_REDIS:
             return value
-        scheme = value.split("://", 1)[0] if "://" in value else ""
-        if scheme not in {"redis", "rediss", "unix"}:
-            raise ValueError("must start with redis://, rediss://, unix:// (or be memory:// for the demo)")
+        try:
+            parse_redis_url(value)
+        except RedisUrlError as exc:
+            raise ValueError(f"{exc} (or memory:// for the demo)") from None
         return value
 
     @field_validator(
@@ -404,7 +409,7 @@ class Settings(BaseSettings):
         """Passwords found in the configured URLs, for log redaction."""
         found = [make_url(self.database_url).password]
         if self.redis_url != MEMORY_REDIS:
-            found.append(_redis_password(self.redis_url))
+            found += redis_url_secrets(self.redis_url)
         return [s for s in found if s]
 
     def redacted(self) -> dict[str, Any]:
@@ -415,16 +420,9 @@ class Settings(BaseSettings):
         return data
 
 
-def _redis_password(url: str) -> str | None:
-    from urllib.parse import urlsplit
-
-    return urlsplit(url).password
-
-
 def redact_redis_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    password = _redis_password(url) if url != MEMORY_REDIS else None
-    return url.replace(f":{password}@", ":***@", 1) if password else url
+    """``url`` with its passwords (the user's, a Sentinel URL's ``sentinel_password``) replaced by ``***``."""
+    return url if url == MEMORY_REDIS else _redact_redis_url(url)
 
 
 def env_name(field: str) -> str:

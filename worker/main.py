@@ -25,7 +25,7 @@ from worker.config import Settings, load_settings
 from worker.constants import APPLY_RETENTION_JOB, INGEST_JOB, SWEEP_HANDLERS_JOB, UPDATE_ROLLUPS_JOB
 from worker.errors import ConfigError, EventWorkerError
 from worker.logging import configure_logging, get_logger
-from worker.protocol.redis import MEMORY_URL, memory_pool, patch_arq_for_memory, worker_pool
+from worker.protocol.redis import MEMORY_URL, memory_pool, patch_arq_for_memory, refuse_cluster, worker_pool
 from worker.protocol.serialization import job_deserializer, serialize
 from worker.runtime.context import WorkerContext, worker_id
 from worker.runtime.jobrunner import RECORD_TRIES, JobFunction
@@ -88,8 +88,11 @@ def _configure_logging(settings: Settings) -> None:
 
 async def _startup(ctx: WorkerContext) -> None:
     # arq's CLI installs its own log handlers after reading WorkerSettings; take them back.
-    _configure_logging(ctx["settings"])
+    settings = ctx["settings"]
+    _configure_logging(settings)
     try:
+        if settings.redis_url != MEMORY_URL:
+            await refuse_cluster(ctx["redis"], settings.redis_url)  # before any job meets a MOVED
         await lifecycle.on_startup(ctx)
     except EventWorkerError as exc:
         log.error("worker.refused_to_start", error=str(exc))
