@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 import structlog
-from pgcluster import tls_cluster  # noqa: F401 - fixtures of the tests' own PostgreSQL clusters
+from pgcluster import replication, tls_cluster  # noqa: F401 - fixtures of the tests' own PostgreSQL clusters
 from redis_servers import sentinel_group, sentinel_group_of_the_run  # noqa: F401 - the tests' own Redis
 from sqlalchemy.engine import make_url
 

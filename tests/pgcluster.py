@@ -340,3 +340,31 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]
     cluster = PgCluster.create(tls=certificates, hostssl_only=True)
     yield cluster
     cluster.destroy()
+
+
+@dataclass(frozen=True)
+class Replication:
+    """A primary and its streaming replica (a hot standby)."""
+
+    primary: PgCluster
+    replica: PgCluster
+
+
+#: What the replica of :func:`replication` runs with, as docs/deploying.md tells users: the primary keeps
+#: the rows a long read on the replica still sees, so no "conflict with recovery" cancels it; feedback
+#: every second rather than every 10 s.
+REPLICA_SETTINGS = {"hot_standby_feedback": "on", "wal_receiver_status_interval": "'1s'"}
+
+
+@pytest.fixture(scope="session")
+def replication() -> Iterator[Replication]:
+    """A primary cluster and a streaming replica of it (``pg_basebackup -R``), for the whole session."""
+    primary = PgCluster.create()
+    try:
+        replica = primary.replica(settings=REPLICA_SETTINGS)
+    except BaseException:
+        primary.destroy()
+        raise
+    yield Replication(primary, replica)
+    replica.destroy()
+    primary.destroy()

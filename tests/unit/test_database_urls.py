@@ -66,3 +66,35 @@ def test_an_error_names_the_variable_the_url_came_from(monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "postgres://u@h/app?sslmode=sometimes")
     with pytest.raises(ConfigError, match=r"^DATABASE_URL: sslmode="):
         load_settings()
+
+
+def test_a_read_url_is_normalised_and_its_password_kept_out_of_logs(monkeypatch):
+    """DATABASE_READ_URL is read like DATABASE_URL; its password is a secret and redacted."""
+    monkeypatch.setenv(
+        "DATABASE_READ_URL", "postgres://reader:r3ad-pw@replica.example.com/app?sslmode=require"
+    )
+    settings = load_settings()
+    assert (
+        settings.database_read_url
+        == "postgresql+asyncpg://reader:r3ad-pw@replica.example.com/app?sslmode=require"
+    )
+    assert "r3ad-pw" in settings.secrets()
+    assert settings.redacted()["database_read_url"] == (
+        "postgresql+asyncpg://reader:***@replica.example.com/app?sslmode=require"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("mysql://h/app", "a read replica is for PostgreSQL"),
+        ("postgresql+psycopg2://h/app", "is synchronous or unsupported"),
+        ("postgres://h/app?sslmode=on", "sslmode='on' is not one of"),
+    ],
+)
+def test_a_bad_read_url_names_database_read_url(monkeypatch, value, problem):
+    """Errors in the read URL name DATABASE_READ_URL."""
+    monkeypatch.setenv("DATABASE_READ_URL", value)
+    with pytest.raises(ConfigError, match=problem) as caught:
+        load_settings()
+    assert caught.value.setting == "DATABASE_READ_URL"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.config import Settings, env_example, load_settings
+from worker.config import URL_VARIABLES, Settings, env_example, load_settings
 
 EXAMPLE = Path(__file__).parents[2] / "settings.env.example"
 
@@ -18,7 +18,7 @@ def test_every_setting_is_listed():
     """Each setting's variable name appears in the example."""
     text = env_example()
     for name in Settings.model_fields:
-        variable = name.upper() if name in {"database_url", "redis_url"} else f"EVENTWORKER_{name.upper()}"
+        variable = name.upper() if name.upper() in URL_VARIABLES else f"EVENTWORKER_{name.upper()}"
         assert f"{variable}=" in text
 
 

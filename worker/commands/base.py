@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from worker.config import Settings, load_settings
 from worker.db.engine import Database
+from worker.db.replica import ReadRouter
 from worker.errors import ConfigError, EventWorkerError
 from worker.logging import configure_logging, redact_text
 
@@ -72,6 +73,17 @@ async def with_database(settings: Settings, work: Callable[[Database], Awaitable
         return await work(db)
     finally:
         await db.dispose()
+
+
+async def with_read_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    """:func:`with_database` for heavy reads: on the read replica (``DATABASE_READ_URL``) while it
+    keeps up, else on the primary (:class:`~worker.db.replica.ReadRouter`)."""
+    router = ReadRouter(settings)
+    try:
+        db, _lag = await router.choose()
+        return await work(db)
+    finally:
+        await router.dispose()
 
 
 async def with_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import click
 
-from worker.commands.base import run_or_exit, settings_or_exit, with_database
+from worker.commands.base import run_or_exit, settings_or_exit, with_database, with_read_database
 from worker.db.engine import Database
 from worker.domain.export import ExportFilter, ExportFormat, ExportProgress, parse_time, wants_gzip
 
@@ -117,7 +117,7 @@ def export_command(
         )
 
     try:
-        summary = run_or_exit(with_database(settings, export), settings)
+        summary = run_or_exit(with_read_database(settings, export), settings)
     finally:
         if progress is not None:
             progress.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 import orjson
 
-from worker.commands.base import run_or_exit, settings_or_exit, with_database
+from worker.commands.base import run_or_exit, settings_or_exit, with_read_database
 from worker.config import Settings
 from worker.domain.report import Report, Window, format_table, to_json
 from worker.errors import InvalidArgument
@@ -18,7 +18,7 @@ from worker.errors import InvalidArgument
 async def _report(settings: Settings, window: Window, fan_out: bool) -> Report:
     from jobs.stats import build_report  # imported here: the jobs load arq, which --help does not need
 
-    return await with_database(settings, lambda db: build_report(db, window, fan_out=fan_out))
+    return await with_read_database(settings, lambda db: build_report(db, window, fan_out=fan_out))
 
 
 @click.command("stats")

@@ -27,6 +27,7 @@ from worker.constants import MAX_APPLICATION_NAME
 from worker.db import statements
 from worker.db.connect import driver_options, explain_refusals
 from worker.db.failures import is_asyncpg_out_of_step
+from worker.errors import ConfigError
 from worker.protocol.serialization import deserialize
 
 
@@ -71,9 +72,16 @@ def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
     return on_connect
 
 
-def make_engine(settings: Settings) -> AsyncEngine:
-    """Create the worker's engine: pool sized from settings, connections tagged, JSON through orjson."""
-    url = make_url(settings.database_url)
+def make_engine(settings: Settings, *, replica: bool = False) -> AsyncEngine:
+    """Create the worker's engine: pool sized from settings, connections tagged, JSON through orjson.
+
+    ``replica``: an engine on the read replica (``DATABASE_READ_URL``) instead, for reads only.
+    """
+    setting = "DATABASE_READ_URL" if replica else "DATABASE_URL"
+    configured = settings.database_read_url if replica else settings.database_url
+    if configured is None:
+        raise ConfigError(setting, "is not set")
+    url = make_url(configured)
     driver = url.get_driver_name()
     options = driver_options(url)  # libpq's TLS parameters, in the form asyncpg takes them
     pool_args: dict[str, Any] = {
@@ -93,11 +101,12 @@ def make_engine(settings: Settings) -> AsyncEngine:
         **pool_args,
     )
     if url.get_backend_name() == "postgresql":
-        explain_refusals(engine, url, "DATABASE_URL")
+        explain_refusals(engine, url, setting)
     if driver == "aiosqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas(settings.sqlite_busy_timeout_ms))
-    if driver == "asyncpg":  # the ingest job's COPY staging table, made once per connection
-        event.listen(engine.sync_engine, "connect", statements.create_stage)
+    if driver == "asyncpg":
+        if not replica:  # the ingest job's COPY staging table, made once per connection
+            event.listen(engine.sync_engine, "connect", statements.create_stage)
         event.listen(engine.sync_engine, "handle_error", _asyncpg_out_of_step_is_a_disconnect)
     return engine
 
@@ -157,9 +166,12 @@ class Database:
     _sqlite_writer: asyncio.Lock = field(default_factory=asyncio.Lock, compare=False, repr=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Database:
-        """Build the engine and an ``async_sessionmaker(engine, expire_on_commit=False)``."""
-        engine = make_engine(settings)
+    def from_settings(cls, settings: Settings, *, replica: bool = False) -> Database:
+        """Build the engine and an ``async_sessionmaker(engine, expire_on_commit=False)``.
+
+        ``replica``: on the read replica (``DATABASE_READ_URL``), for reads only.
+        """
+        engine = make_engine(settings, replica=replica)
         return cls(
             engine=engine,
             sessionmaker=async_sessionmaker(engine, expire_on_commit=False, sync_session_class=JobSession),

@@ -25,6 +25,7 @@ from worker.constants import CRON_JOBS
 from worker.db import status_sql
 from worker.db.engine import Database
 from worker.db.models import DeadLetter, FailedJob
+from worker.db.replica import ReadRouter, ReplicaLag
 from worker.db.status_sql import RollupLag
 from worker.logging import redact_text
 from worker.protocol.redis import connect
@@ -92,6 +93,9 @@ class Status:
     rollups: RollupLag | None = None
     chart: list[MinuteCount] = field(default_factory=list)
     chart_since: datetime | None = None
+    replica: ReplicaLag | None = None
+    """The read replica's lag, and whether the database sections were read from it; None without
+    DATABASE_READ_URL."""
     errors: dict[str, str] = field(default_factory=dict)
     """Section -> why it could not be read (passwords removed)."""
 
@@ -135,6 +139,8 @@ def problems(status: Status) -> list[str]:
             )
     if status.failed_by_job:
         found.append(f"failed jobs: {sum(status.failed_by_job.values())} (`eventworker failed list`)")
+    if status.replica is not None and not status.replica.used:
+        found.append(f"read replica bypassed, read from the primary: {status.replica.reason}")
     return found
 
 
@@ -154,16 +160,17 @@ class StatusReader:
         self.settings = settings
         self.chart_hours = chart_hours
         self.recent = recent
+        self._reads = ReadRouter(settings)
         self._db: Database | None = None
+        """Where this read's database sections come from: the replica while it keeps up, else the primary."""
         self._redis: Any = None
 
     async def close(self) -> None:
         if self._redis is not None:
             await self._redis.aclose(close_connection_pool=True)
             self._redis = None
-        if self._db is not None:
-            await self._db.dispose()
-            self._db = None
+        self._db = None
+        await self._reads.dispose()
 
     async def _redis_client(self) -> Any:
         if self._redis is None:
@@ -171,13 +178,12 @@ class StatusReader:
         return self._redis
 
     def _database(self) -> Database:
-        if self._db is None:
-            self._db = Database.from_settings(self.settings)
-        return self._db
+        return self._db or self._reads.primary
 
     async def read(self, now: datetime | None = None) -> Status:
         """Gather a fresh :class:`Status`."""
         status = Status(generated_at=now or datetime.now(UTC), queue_name=self.settings.queue_name)
+        await self._section(status, "read replica", self._choose_database)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._section(status, "redis", self._read_redis))
             for name, read in (
@@ -196,6 +202,10 @@ class StatusReader:
         except Exception as exc:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""]
             status.errors[name] = redact_text(f"{type(exc).__name__}: {reason[0]}", self.settings.secrets())
+
+    async def _choose_database(self, status: Status) -> None:
+        self._db = None  # the primary, unless the replica is chosen (and reached) now
+        self._db, status.replica = await self._reads.choose()
 
     async def _read_redis(self, status: Status) -> None:
         redis = await self._redis_client()

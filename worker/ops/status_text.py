@@ -148,11 +148,23 @@ def _other_lines(status: Status) -> list[str]:
     return lines
 
 
+def _replica_lines(status: Status) -> list[str]:
+    """Where the database sections were read, and how far the read replica is behind (DATABASE_READ_URL)."""
+    lag = status.replica
+    if lag is None:
+        return []
+    behind = "?" if lag.bytes_behind is None else f"{lag.bytes_behind:,}"
+    where = "read from it" if lag.used else f"bypassed, read from the primary ({lag.reason})"
+    kind = "" if lag.standby or not lag.used else " (not a standby: promoted?)"
+    return [f"read replica{kind}: {lag.seconds:.1f}s behind ({behind} bytes of WAL); {where}"]
+
+
 def to_text(status: Status) -> list[str]:
     """``status`` as lines for a terminal, the problems first."""
     found = problems(status)
     lines = [f"status at {status.generated_at:%Y-%m-%d %H:%M:%S} UTC: {'OK' if not found else 'PROBLEMS'}"]
     lines += [f"  ! {problem}" for problem in found]
-    for section in (_queue_lines, _worker_lines, _running_lines, _other_lines, _failure_lines):
+    sections = (_queue_lines, _worker_lines, _running_lines, _replica_lines, _other_lines, _failure_lines)
+    for section in sections:
         lines += section(status)
     return lines + _dead_letter_lines(status)
