@@ -233,6 +233,17 @@ class Settings(BaseSettings):
         3600.0, description="Seconds arq keeps a job's result in Redis."
     )
     batch_size: PositiveInt = Field(500, description="Events per ingest job when a producer splits a list.")
+    enqueue_replicas: Annotated[int, Field(ge=0)] = Field(
+        0,
+        description="Redis replicas that must acknowledge each job `eventworker enqueue` sends (Redis WAIT)"
+        " before it counts as sent, so that a failover keeps it; 0 counts the primary's acknowledgement"
+        " (see docs/producers.md, durability).",
+    )
+    enqueue_replica_timeout: PositiveFloat = Field(
+        1.0,
+        description="Seconds `eventworker enqueue` waits for those replicas on each try; a job they did not"
+        " acknowledge in time is tried again under its id, and after the last try the command fails.",
+    )
     max_event_bytes: PositiveInt = Field(
         1_048_576, description="Largest accepted event, as JSON; larger ones become dead letters."
     )

@@ -67,3 +67,8 @@ DB_WAITS_PREFIX: Final = "eventworker:db-waits:"
 #: Redis key counting the events a producer (or a client address) sent over HTTP in one rate-limit window;
 #: the producer and the window's number follow the prefix. See ``worker.http.limits``.
 RATE_LIMIT_KEY_PREFIX: Final = "eventworker:http-rate:"
+
+#: Redis key a producer waiting for replicas writes before ``WAIT`` when the job it enqueues was already
+#: kept (an earlier try's): replication keeps the order of writes, so a replica holding this holds the job.
+#: See ``worker.protocol.replicated``.
+REPLICATION_MARK_KEY: Final = "eventworker:replication-mark"

@@ -149,3 +149,17 @@ def test_importing_the_producer_does_not_import_sqlalchemy():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
     )
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"durability": "fsync"}, "durability must be 'primary' or 'replicated'"),
+        ({"durability": "replicated", "replicas": 0}, "replicas must be at least 1"),
+        ({"durability": "replicated", "replica_timeout": 0}, "replica_timeout more than 0"),
+    ],
+)
+def test_durability_options_are_checked_at_once(options, says):
+    """A durability the producer cannot honour is refused when it is built, not at the first emit."""
+    with pytest.raises(ValueError, match=says):
+        EventProducer("redis://localhost:6379/0", **options)

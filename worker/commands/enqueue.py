@@ -28,7 +28,13 @@ def _read_ndjson(stream: IO[bytes]) -> Iterator[Any]:
 @click.option(
     "--batch-size", type=click.IntRange(min=1), help="Events per job [default: EVENTWORKER_BATCH_SIZE]."
 )
-def enqueue_command(source: IO[bytes], batch_size: int | None) -> None:
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=0),
+    help="Redis replicas that must acknowledge each job before it counts as sent; 0: the primary's"
+    " acknowledgement [default: EVENTWORKER_ENQUEUE_REPLICAS].",
+)
+def enqueue_command(source: IO[bytes], batch_size: int | None, replicas: int | None) -> None:
     """Enqueue newline-delimited JSON events from SOURCE (a file, or - for stdin)."""
     from worker.protocol.producer import EventProducer  # imported here: arq, which --help does not need
 
@@ -43,8 +49,14 @@ def enqueue_command(source: IO[bytes], batch_size: int | None) -> None:
                 read += 1
                 yield value
 
+        wanted = settings.enqueue_replicas if replicas is None else replicas
         async with EventProducer(
-            settings.redis_url, queue_name=settings.queue_name, batch_size=batch_size or settings.batch_size
+            settings.redis_url,
+            queue_name=settings.queue_name,
+            batch_size=batch_size or settings.batch_size,
+            durability="replicated" if wanted else "primary",
+            replicas=max(wanted, 1),
+            replica_timeout=settings.enqueue_replica_timeout,
         ) as producer:
             jobs = len(await producer.emit(counted()))
         return read, jobs

@@ -18,6 +18,12 @@ job is queued once. When every try failed, :class:`EnqueueError` names the job i
 Redis URL (password hidden); enqueueing the same batch under that id again is safe. A job
 counts as accepted only once ``emit_batch`` returned: what Redis then holds survives a Redis
 restart only if Redis persists it (AOF, see docs/concepts.md, "Guarantees").
+
+With ``durability="replicated"`` a job counts as accepted only once ``replicas`` Redis replicas
+acknowledged it (``WAIT``, see :mod:`worker.protocol.replicated`): a failover that promotes one of
+them keeps it. A job the replicas did not confirm within ``replica_timeout`` seconds is tried again
+under the same id (kept as it is if the primary still has it, written again if it was lost), and
+after the last try :class:`EnqueueError` is raised: an unconfirmed batch is never reported as sent.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 from redis.exceptions import WatchError
 
 from worker.backoff import backoff
@@ -38,12 +46,24 @@ from worker.constants import DEFAULT_QUEUE, INGEST_JOB
 from worker.errors import EnqueueError
 from worker.protocol.events import CloudEvent
 from worker.protocol.redis import UNAVAILABLE, connect, redacted
+from worker.protocol.replicated import enqueue_and_wait
 from worker.protocol.serialization import deserialize, serialize
 
 EventLike = CloudEvent | Mapping[str, Any] | Any
 
-#: Failures worth another try: Redis unreachable, or the connection lost under a WATCH.
-_RETRYABLE: tuple[type[Exception], ...] = (*UNAVAILABLE, WatchError)
+#: When ``emit`` returns: once the Redis primary acknowledged the job, or once replicas did too.
+Durability = Literal["primary", "replicated"]
+
+
+class NotReplicated(Exception):
+    """Fewer replicas than asked for acknowledged a job in time."""
+
+    def __init__(self, confirmed: int, wanted: int, timeout_s: float) -> None:
+        super().__init__(f"{confirmed} of {wanted} replica(s) acknowledged the job within {timeout_s:g} s")
+
+
+#: Failures worth another try: Redis unreachable, the connection lost under a WATCH, replicas late.
+_RETRYABLE: tuple[type[Exception], ...] = (*UNAVAILABLE, WatchError, NotReplicated)
 
 
 def _as_json(event: EventLike) -> Any:
@@ -76,17 +96,27 @@ class EventProducer:
         retries: int = 5,
         retry_delay: float = 0.2,
         retry_max_delay: float = 2.0,
+        durability: Durability = "primary",
+        replicas: int = 1,
+        replica_timeout: float = 1.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if retries < 0:
             raise ValueError("retries must be 0 or more")
+        if durability not in ("primary", "replicated"):
+            raise ValueError("durability must be 'primary' or 'replicated'")
+        if replicas < 1 or replica_timeout <= 0:
+            raise ValueError("replicas must be at least 1 and replica_timeout more than 0")
         self.redis_url = redis_url
         self.queue_name = queue_name
         self.batch_size = batch_size
         self.retries = retries
         self.retry_delay = retry_delay
         self.retry_max_delay = retry_max_delay
+        self.durability = durability
+        self.replicas = replicas
+        self.replica_timeout = replica_timeout
         self._redis = redis
         self._owns_redis = redis is None
 
@@ -112,25 +142,49 @@ class EventProducer:
             raise RuntimeError("use EventProducer inside `async with`")
         return self._redis
 
-    async def _holds(self, job_id: str, events: list[Any]) -> bool | None:
-        """Whether Redis holds ``job_id`` as this very batch: True, False (another job), None (no such job).
+    @staticmethod
+    def _is_batch(raw: bytes, events: list[Any]) -> bool:
+        """Whether ``raw``, a job or a job's result (which repeats the arguments), carries this batch."""
+        try:
+            stored = deserialize(raw)
+        except ValueError:
+            return False
+        if not isinstance(stored, dict) or stored.get("f") != INGEST_JOB:
+            return False
+        return bool(stored.get("a") == deserialize(serialize([events])))
 
-        A job that already ran is known by its result, which repeats the arguments.
-        """
+    async def _holds(self, job_id: str, events: list[Any]) -> bool | None:
+        """Whether Redis holds ``job_id`` as this batch: True, False (another job), None (no such job)."""
         for key in (job_key_prefix + job_id, result_key_prefix + job_id):
             raw = await self.redis.get(key)
             if raw is not None:
-                try:
-                    stored = deserialize(raw)
-                except ValueError:
-                    return False
-                if not isinstance(stored, dict) or stored.get("f") != INGEST_JOB:
-                    return False
-                return bool(stored.get("a") == deserialize(serialize([events])))
+                return self._is_batch(raw, events)
         return None
+
+    async def _enqueue_replicated(self, events: list[Any], job_id: str) -> bool:
+        """One try that returns only once ``replicas`` replicas hold the job (else NotReplicated)."""
+        now = timestamp_ms()
+        job = serialize_job(INGEST_JOB, (events,), {}, None, now, serializer=self.redis.job_serializer)
+        done = await enqueue_and_wait(
+            self.redis,
+            job,
+            job_id=job_id,
+            queue_name=self.queue_name,
+            score=now,
+            expires_ms=self.redis.expires_extra_ms,
+            replicas=self.replicas,
+            timeout_ms=max(1, round(self.replica_timeout * 1000)),
+        )
+        if not done.written and done.kept is not None and not self._is_batch(done.kept, events):
+            raise ValueError(f"a job with id {job_id!r} is already queued, running or kept")
+        if done.replicas < self.replicas:
+            raise NotReplicated(done.replicas, self.replicas, self.replica_timeout)
+        return True
 
     async def _enqueue_once(self, events: list[Any], job_id: str) -> bool:
         """One try; True when Redis holds the job, False when it holds nothing under that id."""
+        if self.durability == "replicated":
+            return await self._enqueue_replicated(events, job_id)
         job = await self.redis.enqueue_job(INGEST_JOB, events, _queue_name=self.queue_name, _job_id=job_id)
         if job is not None:
             return True
@@ -143,7 +197,8 @@ class EventProducer:
     async def emit_batch(
         self, events: list[Any], *, job_id: str | None = None, _enqueued: list[str] | None = None
     ) -> str:
-        """Enqueue one ingest job carrying ``events`` as given; return its job id once Redis has it.
+        """Enqueue one ingest job carrying ``events`` as given; return its job id once Redis has it
+        (with ``durability="replicated"``: once its replicas have it too).
 
         Enqueueing the same batch under the same ``job_id`` again returns the id and queues nothing
         new; another batch under a taken id is a ValueError. Raises :class:`EnqueueError` when
