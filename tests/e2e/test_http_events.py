@@ -90,7 +90,7 @@ def exported(env: dict[str, str], tmp_path: Path) -> dict[str, dict[str, Any]]:
     """Every stored event, as `eventworker export` writes it, by id (without eventworker's own attributes)."""
     target = tmp_path / "export.ndjson"
     done = subprocess.run(
-        [sys.executable, "-m", "worker", "export", str(target), "--force"],
+        [sys.executable, "-m", "worker", "export", str(target)],
         env=env,
         capture_output=True,
         text=True,
