@@ -43,9 +43,10 @@ class SchemaBehindError(EventWorkerError):
     def __init__(self, current: str | None, head: str) -> None:
         self.current = current
         self.head = head
+        state = "was never migrated" if current is None else f"is at revision {current}"
         super().__init__(
-            f"database schema is at revision {current or '(none: not migrated)'}, this worker needs {head}; "
-            "run `eventworker migrate` (or `alembic upgrade head`) first"
+            f"the database schema {state}, this version of eventworker needs revision {head}:"
+            " run `eventworker migrate` (or `alembic upgrade head`) first"
         )
 
 

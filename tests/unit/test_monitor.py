@@ -85,8 +85,8 @@ async def test_a_running_job_is_recorded_with_its_worker_until_it_ends(
     assert monitor.running == {}
 
 
-async def test_a_job_that_ends_before_a_flush_costs_no_redis_call(make_ctx, make_monitor, settings):
-    """Short jobs are never written: the flush after them has nothing to send."""
+async def test_jobs_that_end_before_a_flush_cost_one_heartbeat_together(make_ctx, make_monitor, settings):
+    """Short jobs are never written as running: 50 of them cost the flush one heartbeat (their counts)."""
     calls = []
 
     class CountingRedis:
@@ -103,8 +103,31 @@ async def test_a_job_that_ends_before_a_flush_costs_no_redis_call(make_ctx, make
     for n in range(50):
         await export_orders(make_ctx(monitor=monitor, job_id=f"job-{n}"))
     await monitor.flush_running()
-    assert calls == []
+    assert calls == ["pipeline"]  # the heartbeat's read, refused here
     assert monitor.done == {"ok": 50}
+
+
+async def test_the_flush_after_jobs_ended_writes_their_counts_in_the_heartbeat(
+    make_ctx, make_monitor, redis, settings
+):
+    """`status` sees the jobs done at the next flush, not a heartbeat interval later; no change, no write."""
+    monitor = make_monitor()
+    await monitor.heartbeat()  # as at start: nothing done yet
+
+    @job
+    async def export_orders(ctx):
+        return 1
+
+    for n in range(3):
+        await export_orders(make_ctx(monitor=monitor, job_id=f"job-{n}"))
+    [before] = await tracking.read_workers(redis, settings.queue_name)
+    assert before.jobs_done == {}
+    await monitor.flush_running()
+    [after] = await tracking.read_workers(redis, settings.queue_name)
+    assert after.jobs_done == {"ok": 3}
+    await redis.delete(tracking.workers_key(settings.queue_name))
+    await monitor.flush_running()  # nothing new done: the record is not written again
+    assert await tracking.read_workers(redis, settings.queue_name) == []
 
 
 async def test_running_jobs_not_written_for_a_redis_error_are_written_later(

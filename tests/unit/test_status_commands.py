@@ -93,7 +93,13 @@ def test_status_json_shows_the_queue_and_the_verdict(env):
     assert data["queue"]["waiting"] == 0
     assert [w["stale"] for w in data["workers"]] == [True]
     assert data["problems"][0] == f"no live worker on queue {env['EVENTWORKER_QUEUE_NAME']}"
-    assert data["rollups"] == {"position": None, "updated_at": None, "events": 0, "capped": False}
+    assert data["rollups"] == {
+        "position": None,
+        "updated_at": None,
+        "events": 0,
+        "last_counted_at": None,
+        "capped": False,
+    }
     text = invoke(env, "status")
     assert text.exit_code == 0
     assert text.stdout.splitlines()[0].endswith("UTC: PROBLEMS")

@@ -44,7 +44,12 @@ def healthy() -> Status:
             )
         ],
         cron=[CronStatus("update_rollups", None, None)],
-        rollups=RollupLag(position=10, updated_at=NOW - timedelta(seconds=30), events=12),
+        rollups=RollupLag(
+            position=10,
+            updated_at=NOW - timedelta(seconds=30),
+            events=12,
+            last_counted_at=NOW - timedelta(seconds=45),
+        ),
         chart_since=NOW - timedelta(minutes=10),
     )
 
@@ -123,6 +128,7 @@ def test_json_adds_the_verdicts():
         "position": 10,
         "updated_at": "2026-03-04T05:05:37Z",
         "events": 12,
+        "last_counted_at": "2026-03-04T05:05:22Z",
         "capped": False,
     }
     assert data["cron"][0]["running"] is False
@@ -136,10 +142,72 @@ def test_text_starts_with_the_verdict():
     assert "queue q: 4 waiting (3 due, 1 deferred), 1 in progress, oldest due job waiting 0.5s" in lines
     assert "workers: 2 live, 0 stale" in lines
     assert "  update_rollups: never ran" in lines
-    assert "rollups: checkpoint at 10 (moved 30.0s ago), 12 events past it" in lines
+    assert (
+        "rollups: the last event counted was received 2026-03-04 05:05:22 UTC (45.0s ago);"
+        " 12 events waiting to be counted; updated 30.0s ago"
+    ) in lines
     text = statusfmt.to_text(troubled())
     assert text[0].endswith("PROBLEMS")
     assert "  ! worker c:3: last heartbeat 100s ago (stale after 30s)" in text
+
+
+@pytest.mark.parametrize(
+    ("lag", "line"),
+    [
+        (
+            RollupLag(None, None, 3),
+            "rollups: never updated, no event counted yet; 3 events waiting to be counted",
+        ),
+        (
+            RollupLag(0, NOW, 1),
+            "rollups: no event counted yet; 1 event waiting to be counted; updated 0.0s ago",
+        ),
+        (
+            RollupLag(7, NOW, 1_000_000),
+            "rollups: the last event counted has been deleted since; 1,000,000+ events waiting to be counted;"
+            " updated 0.0s ago",
+        ),
+    ],
+)
+def test_the_rollups_line_says_what_is_counted_and_what_waits(lag, line):
+    """No checkpoint number: what is waiting, and when the last event counted came."""
+    status = healthy()
+    status.rollups = lag
+    assert line in statusfmt.to_text(status)
+
+
+def test_what_could_not_be_read_is_unknown_never_zero():
+    """A section that failed reads "unknown" in the text and null in the JSON; one problem line per reason."""
+    status = healthy()
+    status.workers, status.running, status.cron, status.queue = [], [], [], None
+    status.rollups = None
+    reason = "the database schema was never migrated ...: run `eventworker migrate` ..."
+    status.errors = {"redis": "ConnectionError: down"} | {
+        s: reason for s in ("failed jobs", "dead letters", "rollups")
+    }
+    lines = statusfmt.to_text(status)
+    assert lines[1:3] == [
+        "  ! could not read redis: ConnectionError: down",
+        f"  ! could not read failed jobs, dead letters, rollups: {reason}",
+    ]
+    for line in (
+        "queue q",
+        "workers",
+        "jobs in progress",
+        "cron jobs",
+        "rollups",
+        "failed jobs",
+        "dead letters",
+    ):
+        assert f"{line}: unknown (could not read)" in lines
+    assert not any(line.startswith(("failed jobs: 0", "dead letters: 0")) for line in lines)
+    data = orjson.loads(statusfmt.dumps(status))
+    for key in ("queue", "workers", "running", "cron", "failed_by_job", "dead_letters_by_reason", "rollups"):
+        assert data[key] is None, key
+    assert data["handler_runs"] == {}  # read, and none
+    page = render_page(status, refresh_s=10, nonce="n")
+    for tile in ("workers", "failed", "dead-letters", "rollup-lag"):
+        assert f'<b id="tile-{tile}">?</b>' in page
 
 
 def test_the_page_shows_payloads_as_text_never_as_markup():

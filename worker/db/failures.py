@@ -2,7 +2,9 @@
 
 A unique-key violation is a duplicate, not a failure. A connection error (refused,
 dropped, server shutting down, SQLite file unopenable or locked) is worth a retry
-with back-off. Anything else is "unexpected": also retried, but reported as such.
+with back-off. A missing table or column most likely means a schema that was never
+migrated (:func:`worker.db.schema.behind_error` checks). Anything else is "unexpected":
+also retried, but reported as such.
 """
 
 from __future__ import annotations
@@ -124,6 +126,33 @@ def is_unique_violation(exc: BaseException) -> bool:
     if _sqlstate(orig) == _PG_UNIQUE or _mysql_errno(orig) == _MYSQL_DUPLICATE_KEY:
         return True
     return "UNIQUE constraint failed" in str(orig)
+
+
+#: A statement named a table or a column the database does not have. SQLSTATEs: PostgreSQL's
+#: undefined_table and undefined_column, and the standard's "base table not found" and "column not
+#: found" (asyncmy gives MySQL's); MySQL/MariaDB error numbers ER_NO_SUCH_TABLE and ER_BAD_FIELD_ERROR
+#: (aiomysql gives only those); SQLite's messages.
+_UNDEFINED_SQLSTATES = frozenset({"42P01", "42703", "42S02", "42S22"})
+_MYSQL_UNDEFINED = frozenset({1146, 1054})
+_SQLITE_UNDEFINED = ("no such table", "no such column")
+
+
+def is_undefined_object(exc: BaseException) -> bool:
+    """True when ``exc`` says a table or column does not exist, whichever driver raised it.
+
+    Also for asyncpg's own exception, which the export's COPY raises unwrapped.
+    """
+    driver = _driver_exception(exc)
+    sqlstate = _sqlstate(driver)
+    if sqlstate is not None:
+        return sqlstate in _UNDEFINED_SQLSTATES
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return False
+    errno = _mysql_errno(driver)
+    if errno is not None:
+        return errno in _MYSQL_UNDEFINED
+    message = str(driver).lower()
+    return any(text in message for text in _SQLITE_UNDEFINED)
 
 
 #: PostgreSQL SQLSTATE: a REPEATABLE READ transaction met a row changed after its snapshot.

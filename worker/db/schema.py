@@ -1,4 +1,9 @@
-"""Schema version checks and upgrades, through Alembic, on the worker's own engine."""
+"""Schema version checks and upgrades, through Alembic, on the worker's own engine.
+
+The one place that decides "the schema is missing or behind: run `eventworker migrate`":
+:func:`ensure_current` before a worker starts (and in ``health``), :func:`behind_error` after a
+statement failed on a table or column that does not exist (every command, ``status``, the dashboard).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from worker.db.failures import is_undefined_object
 from worker.errors import SchemaBehindError
 
 SCRIPT_LOCATION = "worker:migrations"
@@ -44,6 +50,19 @@ async def ensure_current(engine: AsyncEngine) -> None:
     current, head = await current_revision(engine), head_revision()
     if current != head:
         raise SchemaBehindError(current, head)
+
+
+async def behind_error(engine: AsyncEngine, failure: BaseException) -> SchemaBehindError | None:
+    """What explains ``failure`` when the schema is missing or behind: a :class:`SchemaBehindError`
+    naming ``eventworker migrate``; None when ``failure`` is something else.
+
+    Only a missing table or column (:func:`worker.db.failures.is_undefined_object`) sends us to
+    read the revision; at head, the missing object is a real error and stands as it is.
+    """
+    if not is_undefined_object(failure):
+        return None
+    current, head = await current_revision(engine), head_revision()
+    return None if current == head else SchemaBehindError(current, head)
 
 
 def _upgrade(connection: Connection, revision: str) -> None:

@@ -12,11 +12,11 @@ before counting an event, so the lag there never drops below the events of that 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from worker.db.dialect import dialect_name
@@ -38,7 +38,10 @@ class RollupLag:
     """None when rollups never ran (every event is past the start)."""
     updated_at: datetime | None
     events: int
-    """Events past the checkpoint, at most :data:`LAG_CAP`."""
+    """Events past the checkpoint (waiting to be counted), at most :data:`LAG_CAP`."""
+    last_counted_at: datetime | None = None
+    """When the newest event the checkpoint covers was received: how far the rollups have got, in time
+    (None when nothing is counted yet, the event was deleted since, or :func:`rollup_lag` did not look)."""
 
     @property
     def capped(self) -> bool:
@@ -63,6 +66,24 @@ async def rollup_lag(session: AsyncSession) -> RollupLag:
     past = select(Event.seq).where(_past(dialect, position or 0)).limit(LAG_CAP).subquery()
     events = await session.scalar(select(func.count()).select_from(past))
     return RollupLag(position, updated_at, int(events or 0))
+
+
+def _covered_last(dialect: str, position: int) -> Select[Any]:
+    """The receipt time of the newest event the checkpoint covers, along an index (txid, or seq)."""
+    if dialect == "postgresql":
+        newest = select(Event.received_at).where(Event.txid < position).order_by(Event.txid.desc())
+    else:
+        newest = select(Event.received_at).where(Event.seq <= position).order_by(Event.seq.desc())
+    return newest.limit(1)
+
+
+async def rollup_progress(session: AsyncSession) -> RollupLag:
+    """:func:`rollup_lag`, with when the last event counted was received: what ``status`` shows."""
+    lag = await rollup_lag(session)
+    if not lag.position:
+        return lag
+    last = await session.scalar(_covered_last(dialect_name(session), lag.position))
+    return replace(lag, last_counted_at=last)
 
 
 async def failed_job_counts(session: AsyncSession) -> dict[str, int]:

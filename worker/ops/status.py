@@ -5,7 +5,10 @@ runs: :mod:`worker.runtime.tracking`, :mod:`worker.runtime.queuestats`) and the 
 dead letters, handler runs, the rollup checkpoint and the minute rollups for the chart:
 :mod:`worker.db.status_sql`). The reads are independent, so they run at once in an
 ``asyncio.TaskGroup``, each database read in a short transaction of its own. A read that
-fails does not spoil the rest: its section stays empty and :attr:`Status.errors` says why.
+fails does not spoil the rest: its section stays empty, :attr:`Status.errors` says why, and the
+views show it as unknown, never as zero. A read that failed on a missing table is explained by
+the schema (:func:`worker.db.schema.behind_error`): on a database never migrated, every database
+section says "run `eventworker migrate`".
 
 :func:`problems` is the pure verdict a person wants first: what is stuck, stale or failing.
 Formatting lives in :mod:`worker.ops.status_text` (text, JSON) and :mod:`worker.ops.dashboard.page`.
@@ -22,8 +25,9 @@ from typing import Any, Final, TypeVar
 
 from worker.config import Settings
 from worker.constants import CRON_JOBS
-from worker.db import status_sql
+from worker.db import schema, status_sql
 from worker.db.engine import Database
+from worker.db.failures import is_undefined_object
 from worker.db.models import DeadLetter, FailedJob
 from worker.db.replica import ReadRouter, ReplicaLag
 from worker.db.status_sql import RollupLag
@@ -43,6 +47,11 @@ CHART_HOURS: Final = 3
 RAW_CHARS: Final = 2000
 #: A due job waiting longer than this means the workers are not keeping up.
 BACKLOG_WARN_S: Final = 60.0
+#: The sections read, each on its own: Redis's, then the database's (the keys of :attr:`Status.errors`).
+REDIS_SECTION: Final = "redis"
+DATABASE_SECTIONS: Final = ("failed jobs", "dead letters", "handler runs", "rollups", "chart")
+#: The read replica's lag (DATABASE_READ_URL), measured first: it decides where the others read.
+REPLICA_SECTION: Final = "read replica"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +106,12 @@ class Status:
     """The read replica's lag, and whether the database sections were read from it; None without
     DATABASE_READ_URL."""
     errors: dict[str, str] = field(default_factory=dict)
-    """Section -> why it could not be read (passwords removed)."""
+    """Section (:data:`REDIS_SECTION`, :data:`DATABASE_SECTIONS`) -> why it could not be read (passwords
+    removed). The fields of a section named here hold nothing read, not zero."""
+
+    def unread(self, section: str) -> bool:
+        """True when ``section`` could not be read: its fields are unknown, not empty."""
+        return section in self.errors
 
     def stale_workers(self) -> list[WorkerBeat]:
         return [w for w in self.workers if w.is_stale(self.generated_at)]
@@ -112,11 +126,20 @@ class Status:
         return [run for run in self.running if run.overdue(now) or run.worker_id in stale]
 
 
+def _unread_sections(status: Status) -> list[str]:
+    """One line per reason a section could not be read, naming every section it kept from us."""
+    by_reason: dict[str, list[str]] = {}
+    for section in (REDIS_SECTION, *DATABASE_SECTIONS, *status.errors):
+        if section in status.errors and section not in by_reason.get(status.errors[section], []):
+            by_reason.setdefault(status.errors[section], []).append(section)
+    return [f"could not read {', '.join(sections)}: {reason}" for reason, sections in by_reason.items()]
+
+
 def problems(status: Status) -> list[str]:
     """What needs a person: stale workers, stuck jobs, a backlog, failures; empty when all is well."""
-    found = [f"could not read {section}: {error}" for section, error in status.errors.items()]
+    found = _unread_sections(status)
     now = status.generated_at
-    if "redis" not in status.errors and not status.live_workers():
+    if not status.unread(REDIS_SECTION) and not status.live_workers():
         found.append(f"no live worker on queue {status.queue_name}")
     for worker in status.stale_workers():
         found.append(
@@ -183,25 +206,48 @@ class StatusReader:
     async def read(self, now: datetime | None = None) -> Status:
         """Gather a fresh :class:`Status`."""
         status = Status(generated_at=now or datetime.now(UTC), queue_name=self.settings.queue_name)
-        await self._section(status, "read replica", self._choose_database)
+        failures: dict[str, Exception] = {}
+        await self._section(status, REPLICA_SECTION, self._choose_database, failures)
+        reads = (
+            self._read_failures,
+            self._read_dead_letters,
+            self._read_handler_runs,
+            self._read_rollups,
+            self._read_chart,
+        )
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._section(status, "redis", self._read_redis))
-            for name, read in (
-                ("failed jobs", self._read_failures),
-                ("dead letters", self._read_dead_letters),
-                ("handler runs", self._read_handler_runs),
-                ("rollups", self._read_rollups),
-                ("chart", self._read_chart),
-            ):
-                group.create_task(self._section(status, name, read))
+            group.create_task(self._section(status, REDIS_SECTION, self._read_redis, failures))
+            for name, read in zip(DATABASE_SECTIONS, reads, strict=True):
+                group.create_task(self._section(status, name, read, failures))
+        await self._explain_by_schema(status, failures)
         return status
 
-    async def _section(self, status: Status, name: str, read: Callable[[Status], Awaitable[None]]) -> None:
+    async def _section(
+        self,
+        status: Status,
+        name: str,
+        read: Callable[[Status], Awaitable[None]],
+        failures: dict[str, Exception],
+    ) -> None:
         try:
             await read(status)
         except Exception as exc:
+            failures[name] = exc
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""]
             status.errors[name] = redact_text(f"{type(exc).__name__}: {reason[0]}", self.settings.secrets())
+
+    async def _explain_by_schema(self, status: Status, failures: dict[str, Exception]) -> None:
+        """Sections that failed on a missing table, when the schema is missing or behind, say so instead."""
+        undefined = [name for name, exc in failures.items() if is_undefined_object(exc)]
+        if not undefined:
+            return
+        try:
+            behind = await schema.behind_error(self._database().engine, failures[undefined[0]])
+        except Exception:
+            return  # the revision cannot be read either: the sections' own errors stand
+        if behind is not None:
+            for name in undefined:
+                status.errors[name] = str(behind)
 
     async def _choose_database(self, status: Status) -> None:
         self._db = None  # the primary, unless the replica is chosen (and reached) now
@@ -244,7 +290,7 @@ class StatusReader:
         status.handler_runs = by_handler
 
     async def _read_rollups(self, status: Status) -> None:
-        status.rollups = await self._in_transaction(status_sql.rollup_lag)
+        status.rollups = await self._in_transaction(status_sql.rollup_progress)
 
     async def _read_chart(self, status: Status) -> None:
         since = (status.generated_at - timedelta(hours=self.chart_hours)).replace(second=0, microsecond=0)

@@ -1,7 +1,8 @@
 """A :class:`~worker.ops.status.Status` as text for a terminal, or as JSON for scripts. Pure: no I/O.
 
 The JSON keeps the dataclasses' field names, times as ISO 8601 UTC, and adds what is derived
-(``stale``, ``stuck``, ``running``, ``problems``) so that a script need not compute it.
+(``stale``, ``stuck``, ``running``, ``problems``) so that a script need not compute it. A section
+that could not be read is ``unknown`` in the text and ``null`` in the JSON, never zero or empty.
 """
 
 from __future__ import annotations
@@ -12,10 +13,24 @@ from typing import Any
 
 import orjson
 
-from worker.ops.status import Status, problems
+from worker.db.status_sql import RollupLag
+from worker.domain.text import describe_errors
+from worker.ops.status import REDIS_SECTION, Status, problems
 from worker.runtime.tracking import CronStatus
 
 JsonDict = dict[str, Any]
+
+#: The fields each section fills; null in the JSON when the section could not be read.
+SECTION_FIELDS = {
+    REDIS_SECTION: ("queue", "workers", "running", "cron"),
+    "failed jobs": ("failed_by_job", "recent_failures"),
+    "dead letters": ("dead_letters_by_reason", "recent_dead_letters"),
+    "handler runs": ("handler_runs",),
+    "rollups": ("rollups",),
+    "chart": ("chart", "chart_since"),
+}
+#: What the text says of a section that could not be read (the problems above it say why).
+UNKNOWN = "unknown (could not read)"
 
 
 def _ago(now: datetime, moment: datetime | None) -> str:
@@ -49,6 +64,9 @@ def to_json(status: Status) -> JsonDict:
         record["running"] = cron.running
     if status.rollups is not None:
         data["rollups"]["capped"] = status.rollups.capped
+    for section in status.errors:
+        for name in SECTION_FIELDS.get(section, ()):
+            data[name] = None
     data["problems"] = problems(status)
     return data
 
@@ -61,7 +79,7 @@ def dumps(status: Status) -> bytes:
 def _queue_lines(status: Status) -> list[str]:
     queue = status.queue
     if queue is None:
-        return [f"queue {status.queue_name}: unknown"]
+        return [f"queue {status.queue_name}: {UNKNOWN}"]
     return [
         f"queue {queue.name}: {queue.waiting} waiting ({queue.due} due, {queue.deferred} deferred),"
         f" {queue.in_progress} in progress, oldest due job waiting {queue.oldest_due_age_s:.1f}s"
@@ -69,6 +87,8 @@ def _queue_lines(status: Status) -> list[str]:
 
 
 def _worker_lines(status: Status) -> list[str]:
+    if status.unread(REDIS_SECTION):
+        return [f"workers: {UNKNOWN}"]
     now = status.generated_at
     lines = [f"workers: {len(status.live_workers())} live, {len(status.stale_workers())} stale"]
     for w in status.workers:
@@ -82,6 +102,8 @@ def _worker_lines(status: Status) -> list[str]:
 
 
 def _running_lines(status: Status) -> list[str]:
+    if status.unread(REDIS_SECTION):
+        return [f"jobs in progress: {UNKNOWN}"]
     now = status.generated_at
     stuck = {run.job_id for run in status.stuck_jobs()}
     lines = [f"jobs in progress: {len(status.running)}"]
@@ -109,6 +131,8 @@ def _cron_line(now: datetime, cron: CronStatus) -> str:
 
 
 def _failure_lines(status: Status) -> list[str]:
+    if status.unread("failed jobs"):
+        return [f"failed jobs: {UNKNOWN}"]
     lines = [f"failed jobs: {sum(status.failed_by_job.values())} ({_counts(status.failed_by_job)})"]
     for f in status.recent_failures:
         lines.append(
@@ -119,28 +143,49 @@ def _failure_lines(status: Status) -> list[str]:
 
 
 def _dead_letter_lines(status: Status) -> list[str]:
+    if status.unread("dead letters"):
+        return [f"dead letters: {UNKNOWN}"]
     counts = status.dead_letters_by_reason
     lines = [f"dead letters: {sum(counts.values())} ({_counts(counts)})"]
     for d in status.recent_dead_letters:
-        errors = "; ".join(
-            f"{e.get('loc') or '<event>'}: {e.get('msg')}" for e in (d.errors or []) if isinstance(e, dict)
-        )
+        errors = describe_errors(d.errors)
         lines.append(f"  #{d.id} {d.reason} at {d.received_at:%Y-%m-%d %H:%M:%S}: {errors}")
     return lines
 
 
+def rollup_progress(lag: RollupLag, now: datetime) -> str:
+    """How far the rollups have got, as a person can use it: the last event counted, the events waiting."""
+    more = "+" if lag.capped else ""  # counted up to LAG_CAP
+    waiting = f"{lag.events:,}{more} {'event' if lag.events == 1 else 'events'} waiting to be counted"
+    if not lag.position:
+        return f"no event counted yet; {waiting}"
+    if lag.last_counted_at is None:
+        return f"the last event counted has been deleted since; {waiting}"
+    moment = lag.last_counted_at
+    return (
+        f"the last event counted was received {moment:%Y-%m-%d %H:%M:%S} UTC ({_ago(now, moment)}); {waiting}"
+    )
+
+
+def _rollups_line(lag: RollupLag, now: datetime) -> str:
+    if lag.position is None:
+        return f"rollups: never updated, {rollup_progress(lag, now)}"
+    return f"rollups: {rollup_progress(lag, now)}; updated {_ago(now, lag.updated_at)}"
+
+
 def _other_lines(status: Status) -> list[str]:
     now = status.generated_at
-    lines = ["cron jobs:", *[_cron_line(now, cron) for cron in status.cron]]
-    lag = status.rollups
-    if lag is not None:
-        more = "+" if lag.capped else ""
-        position = "not started" if lag.position is None else f"at {lag.position}"
-        lines.append(
-            f"rollups: checkpoint {position} (moved {_ago(now, lag.updated_at)}),"
-            f" {lag.events}{more} events past it"
-        )
-    if status.handler_runs:
+    if status.unread(REDIS_SECTION):
+        lines = [f"cron jobs: {UNKNOWN}"]
+    else:
+        lines = ["cron jobs:", *[_cron_line(now, cron) for cron in status.cron]]
+    if status.unread("rollups"):
+        lines.append(f"rollups: {UNKNOWN}")
+    if status.rollups is not None:
+        lines.append(_rollups_line(status.rollups, now))
+    if status.unread("handler runs"):
+        lines.append(f"handler runs: {UNKNOWN}")
+    elif status.handler_runs:
         lines.append(
             "handler runs: "
             + "; ".join(f"{name} {_counts(states)}" for name, states in status.handler_runs.items())

@@ -14,6 +14,8 @@ The job runner reports each try (:func:`worker.runtime.jobrunner.tracked`); the 
 records which worker runs which job (and, for cron jobs, how the last run ended). Running
 jobs are written to Redis together every :data:`RUNNING_FLUSH_S` by a third task, not one
 by one: a short job costs no Redis call of its own (cron jobs, rare, are written at once).
+The same task writes the heartbeat again when jobs finished since the last one, so the jobs
+done that ``status`` shows are at most :data:`RUNNING_FLUSH_S` old, not a heartbeat interval.
 A Redis error in any of this is logged and ignored: bookkeeping never fails a job or stops
 a worker.
 """
@@ -103,6 +105,7 @@ class Monitor:
         self.started_at = clock()
         self.running: dict[str, RunningJob] = {}
         self.done: Counter[str] = Counter()
+        self._done_written: dict[str, int] = {}  # the counts in the last heartbeat written
         self._unwritten: dict[str, RunningJob] = {}  # running, not in Redis yet
         self._written: set[str] = set()  # in Redis's running jobs
         self._ended: set[str] = set()  # in Redis, ended since: to remove
@@ -170,7 +173,9 @@ class Monitor:
 
     async def heartbeat(self) -> None:
         """Write this worker's record (and drop records long gone)."""
-        await self._quietly("heartbeat", tracking.write_heartbeat(self.redis, self.queue, self.beat()))
+        beat = self.beat()
+        if await self._quietly("heartbeat", tracking.write_heartbeat(self.redis, self.queue, beat)):
+            self._done_written = beat.jobs_done
 
     async def sample(self) -> None:
         """Sample the queue and the rollup lag into the gauges; a half that fails leaves its gauges be."""
@@ -216,7 +221,10 @@ class Monitor:
         return run
 
     async def flush_running(self) -> None:
-        """Write the jobs started since the last call and remove those that ended (one Redis call)."""
+        """Write the jobs started since the last call and remove those that ended (one Redis call); and
+        the heartbeat, when jobs finished since the last one."""
+        if self.done != self._done_written:
+            await self.heartbeat()
         started, ended = list(self._unwritten.values()), list(self._ended)
         if not started and not ended:
             return

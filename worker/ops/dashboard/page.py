@@ -18,6 +18,7 @@ import orjson
 
 from worker.ops.dashboard import chart as svgchart
 from worker.ops.status import MinuteCount, Status, problems
+from worker.ops.status_text import rollup_progress
 from worker.runtime.tracking import CronStatus
 
 #: Event types drawn as their own line; the rest are summed as "other types".
@@ -118,6 +119,15 @@ def _banner(status: Status) -> str:
     return f'<div class="banner bad" id="verdict"><b>Needs a look:</b><ul id="problems">{items}</ul></div>'
 
 
+def _total(status: Status, section: str, counts: dict[str, int]) -> int | None:
+    """The sum of a section's counts; None (shown as ?) when it could not be read, never a false 0."""
+    return None if status.unread(section) else sum(counts.values())
+
+
+def _live_workers(status: Status) -> str | None:
+    return None if status.queue is None else f"{len(status.live_workers())}/{len(status.workers)}"
+
+
 def _tiles(status: Status) -> str:
     queue, lag = status.queue, status.rollups
     tiles = [
@@ -125,10 +135,10 @@ def _tiles(status: Status) -> str:
         ("due", "due now", None if queue is None else queue.due),
         ("in-progress", "in progress", None if queue is None else queue.in_progress),
         ("oldest", "oldest due wait (s)", None if queue is None else f"{queue.oldest_due_age_s:.1f}"),
-        ("workers", "live workers", f"{len(status.live_workers())}/{len(status.workers)}"),
-        ("failed", "failed jobs", sum(status.failed_by_job.values())),
-        ("dead-letters", "dead letters", sum(status.dead_letters_by_reason.values())),
-        ("rollup-lag", "events past rollups", None if lag is None else lag.events),
+        ("workers", "live workers", _live_workers(status)),
+        ("failed", "failed jobs", _total(status, "failed jobs", status.failed_by_job)),
+        ("dead-letters", "dead letters", _total(status, "dead letters", status.dead_letters_by_reason)),
+        ("rollup-lag", "events waiting for rollups", None if lag is None else lag.events),
     ]
     return (
         '<div class="tiles">'
@@ -257,12 +267,9 @@ def _rollups(status: Status) -> str:
     lag = status.rollups
     if lag is None:
         return '<p class="muted">unknown</p>'
-    position = "not started" if lag.position is None else str(lag.position)
-    more = "+" if lag.capped else ""
-    return (
-        f'<p id="rollups">checkpoint {e(position)}, moved {e(_ago(status.generated_at, lag.updated_at))};'
-        f" {e(lag.events)}{more} events past it</p>"
-    )
+    now = status.generated_at
+    updated = "never updated" if lag.position is None else f"updated {_ago(now, lag.updated_at)}"
+    return f'<p id="rollups">{e(rollup_progress(lag, now))}; {e(updated)}</p>'
 
 
 def render_page(status: Status, *, refresh_s: int, nonce: str) -> str:

@@ -7,6 +7,9 @@ thread of its own, where one :class:`~worker.ops.status.StatusReader` keeps an e
 Redis pool, so a reload costs a few queries and no new connections. A status younger than
 :data:`CACHE_S` is served again, so many open tabs do not multiply the queries.
 
+:meth:`DashboardServer.serve_until_stopped` serves until SIGINT or SIGTERM (what ``docker stop`` and
+systemd send) and ends either way as a stop asked for, so the command exits 0 as a worker does.
+
 Every response forbids scripts, frames and fetches
 (:func:`worker.ops.dashboard.page.content_security_policy`); the page itself escapes everything it shows.
 """
@@ -15,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
 from typing import Any, Final
 
 from worker.config import Settings
@@ -33,6 +38,13 @@ CACHE_S: Final = 1.0
 READ_TIMEOUT_S: Final = 60.0
 
 log = get_logger("eventworker.dashboard")
+
+#: The signals that stop the dashboard cleanly: Ctrl-C, and a supervisor's stop.
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Stop(Exception):
+    """Raised in the serving thread by a stop signal's handler, to leave ``serve_forever``."""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -112,6 +124,22 @@ class DashboardServer(ThreadingHTTPServer):
             status = future.result(timeout=READ_TIMEOUT_S)
             self._cached = (time.monotonic(), status)
             return status
+
+    def serve_until_stopped(self) -> None:
+        """Serve until SIGINT or SIGTERM, then close; from the main thread (where signals are handled)."""
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            raise _Stop(signal.Signals(signum).name)
+
+        previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+        try:
+            self.serve_forever()
+        except _Stop as stopped:
+            log.info("dashboard.stopped", signal=str(stopped))
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.server_close()
 
     def server_close(self) -> None:
         """Stop serving, close the reader's connections and its loop."""
