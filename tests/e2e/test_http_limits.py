@@ -140,3 +140,31 @@ def test_the_webhook_handshake_answers_allowed_origins_only(env, tmp_path):
         assert httpx.options(serve.url + "/events").status_code == 204
     finally:
         assert serve.stop() == 0
+
+
+async def test_with_enqueue_replicas_a_202_means_a_replica_has_the_job(env, tmp_path, sentinel_group):
+    """EVENTWORKER_ENQUEUE_REPLICAS=1: through Sentinel (two replicas) 202, and the job is on a replica;
+    on a Redis without replicas the events are refused with 503, never reported as taken."""
+    replicated = {**env, "REDIS_URL": sentinel_group.url(), "EVENTWORKER_ENQUEUE_REPLICAS": "1"}
+    serve = ServeProcess(replicated, tmp_path / "replicated.log")
+    try:
+        taken = await post(serve.url, content=batch(3), headers=BATCH)
+        assert taken.status_code == 202, taken.text
+        job_id = taken.json()["job_id"]
+        replicas = [node.client() for node in sentinel_group.replicas()]
+        try:  # WAIT counted one before the answer: no polling
+            assert any(replica.exists(f"arq:job:{job_id}") for replica in replicas)
+        finally:
+            for replica in replicas:
+                replica.close()
+    finally:
+        assert serve.stop() == 0
+    alone = {**env, "EVENTWORKER_ENQUEUE_REPLICAS": "1", "EVENTWORKER_ENQUEUE_REPLICA_TIMEOUT": "0.1"}
+    serve = ServeProcess(alone, tmp_path / "alone.log")
+    try:
+        refused = await post(serve.url, content=batch(3, start=10), headers=BATCH)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "5"
+        assert "send them again" in refused.json()["detail"]
+    finally:
+        assert serve.stop() == 0

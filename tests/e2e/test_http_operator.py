@@ -4,19 +4,22 @@ the probes; the HTTP side's metrics."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
-from conftest import pg_database_url
+from conftest import _admin, _fresh_database, pg_database_url
 from httpserve import ServeProcess, sha256
 from prometheus_client.parser import text_string_to_metric_families
 from support import process_env, run_worker
 
 from worker.config import Settings, load_settings
+from worker.db import statements
 from worker.db.engine import Database
 from worker.db.models import Event, HandlerRun
+from worker.protocol.events import Rejection
 from worker.protocol.producer import EventProducer
 
 pytestmark = pytest.mark.e2e
@@ -216,3 +219,36 @@ def test_probes_and_metrics(serve, env, tmp_path):
         assert ready.headers["retry-after"] == "5"
     finally:
         assert down.stop() == 0
+
+
+@pytest.fixture
+async def read_database(pg_template) -> AsyncIterator[str]:
+    """A second database standing in for DATABASE_READ_URL (not a standby: the router reads it as one
+    that keeps up); tests/integration/test_read_replica.py drills a real streaming replica."""
+    name = await _fresh_database(pg_template)
+    yield pg_database_url(name)
+    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_with_a_read_url_the_api_reads_there_and_acts_on_the_primary(env, tmp_path, read_database):
+    """Lists and reports come from DATABASE_READ_URL; an action (re-drive) finds only the primary's rows."""
+    reads = load_settings(database_url=read_database)
+    db = Database.from_settings(reads)
+    rejection = Rejection(b'{"id": "only-on-the-replica"}', "invalid", [{"loc": "", "msg": "x", "type": "x"}])
+    try:
+        async with db.transaction() as session:
+            row = statements.dead_letter_row(rejection, 0, "job-r", "http:test", datetime.now(UTC))
+            await statements.insert_dead_letters(session, [row])
+    finally:
+        await db.dispose()
+    serve = ServeProcess({**env, "DATABASE_READ_URL": read_database}, tmp_path / "serve-read.log")
+    try:
+        async with httpx.AsyncClient(base_url=serve.url + "/api", timeout=30) as api:
+            [letter] = (await api.get("/dead-letters", headers=as_(READER))).json()["items"]
+            assert letter["raw"] == '{"id": "only-on-the-replica"}'
+            redrive = await api.post(f"/dead-letters/{letter['id']}/redrive", headers=as_(ADMIN))
+            assert redrive.status_code == 404  # the primary has no such row
+            stats = (await api.get("/stats?window=1h", headers=as_(READER))).json()
+            assert stats["dead_letters_by_reason"] == [{"reason": "invalid", "count": 1}]
+    finally:
+        assert serve.stop() == 0

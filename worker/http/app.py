@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 
 from worker.config import Settings
 from worker.db.engine import Database
+from worker.db.replica import ReadRouter
 from worker.domain.producers import Producers
 from worker.http import events, health, operator
 from worker.http.limits import Admission, parse_networks
@@ -82,7 +83,16 @@ def create_app(settings: Settings, producers: Producers | None = None) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database.from_settings(settings)
         redis = redis_pool(settings)
-        producer = EventProducer(settings.redis_url, queue_name=settings.queue_name, redis=redis)
+        # The durability `eventworker enqueue` has: with EVENTWORKER_ENQUEUE_REPLICAS, a 202 means that
+        # many Redis replicas acknowledged the job too (WAIT), so a failover keeps it.
+        producer = EventProducer(
+            settings.redis_url,
+            queue_name=settings.queue_name,
+            redis=redis,
+            durability="replicated" if settings.enqueue_replicas else "primary",
+            replicas=max(settings.enqueue_replicas, 1),
+            replica_timeout=settings.enqueue_replica_timeout,
+        )
         app.state.http = HttpState(
             settings=settings,
             db=db,
@@ -99,12 +109,15 @@ def create_app(settings: Settings, producers: Producers | None = None) -> FastAP
             ),
             trusted_proxies=parse_networks(settings.http_trusted_proxies),
             status_reader=StatusReader(settings),
+            reads=ReadRouter(settings) if settings.database_read_url else None,
         )
         log.info("http.started", producers=None if producers is None else len(producers.by_digest))
         try:
             yield
         finally:
             await app.state.http.status_reader.close()
+            if app.state.http.reads is not None:
+                await app.state.http.reads.dispose()
             await redis.aclose(close_connection_pool=True)
             await db.dispose()
             log.info("http.stopped")

@@ -24,7 +24,7 @@ from worker.errors import InvalidArgument
 from worker.http.auth import AdminDep, ReaderDep
 from worker.http.openapi import json_response, problems
 from worker.http.problems import Problem
-from worker.http.state import SessionDep, StateDep
+from worker.http.state import ReadSessionDep, SessionDep, StateDep
 from worker.ops import status_text
 from worker.ops.actions import ActionRefused, redrive_dead_letter, requeue_failed_job, retry_handler_runs
 
@@ -103,7 +103,7 @@ async def status(_role: ReaderDep, state: StateDep) -> Response:
 @router.get("/dead-letters", responses={200: json_response("A page of dead letters.", _PAGE), **_READ_ERRORS})
 async def dead_letters(
     _role: ReaderDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     limit: Limit = 50,
     before: Before = None,
     reason: Annotated[
@@ -122,7 +122,7 @@ async def dead_letters(
         **problems(401, 404, 422),
     },
 )
-async def dead_letter(_role: ReaderDep, session: SessionDep, dead_letter_id: int) -> Response:
+async def dead_letter(_role: ReaderDep, session: ReadSessionDep, dead_letter_id: int) -> Response:
     """One dead letter with its whole raw payload."""
     row = await operator_sql.dead_letter(session, dead_letter_id)
     if row is None:
@@ -146,7 +146,7 @@ async def redrive(_role: AdminDep, state: StateDep, session: SessionDep, dead_le
 @router.get("/failed-jobs", responses={200: json_response("A page of failed jobs.", _PAGE), **_READ_ERRORS})
 async def failed_jobs(
     _role: ReaderDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     limit: Limit = 50,
     before: Before = None,
     include_requeued: Annotated[bool, Query(description="Also those already requeued.")] = False,
@@ -174,7 +174,7 @@ async def requeue(_role: AdminDep, state: StateDep, session: SessionDep, failed_
 @router.get("/handler-runs", responses={200: json_response("A page of handler runs.", _PAGE), **_READ_ERRORS})
 async def handler_runs(
     _role: ReaderDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     limit: Limit = 50,
     before: Before = None,
     status: Annotated[
@@ -226,7 +226,7 @@ async def stats(
         span = Window.last(window)
     except InvalidArgument as exc:
         raise Problem("invalid-parameter", f"window: {exc.problem}") from None
-    return _json(to_json(await build_report(state.db, span)))
+    return _json(to_json(await build_report(await state.read_db(), span)))
 
 
 @router.get(
@@ -235,7 +235,7 @@ async def stats(
 )
 async def verify_rollups(_role: ReaderDep, state: StateDep) -> Response:
     """Compare the rollups with the events counted again (``eventworker rollups verify``)."""
-    checked = await verify(state.db)
+    checked = await verify(await state.read_db())
     return _json(
         {
             "position": checked.position,

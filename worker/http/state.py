@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from worker.config import Settings
 from worker.db.engine import Database
+from worker.db.replica import ReadRouter
 from worker.domain.producers import Producers
 from worker.http.limits import Admission, Network
 from worker.http.metrics import HttpMetrics
@@ -27,6 +28,9 @@ from worker.protocol.producer import EventProducer
 
 #: Seconds a gathered status is served again: many open dashboards do not multiply the queries.
 STATUS_CACHE_S: Final = 1.0
+#: Seconds the choice between the read replica and the primary holds before the replica's lag is measured
+#: again (two queries): not on every request.
+READ_CHOICE_S: Final = 5.0
 
 
 @dataclass(slots=True)
@@ -49,7 +53,23 @@ class HttpState:
     """``EVENTWORKER_HTTP_TRUSTED_PROXIES``, parsed."""
     status_reader: StatusReader
     """What ``/api/status`` and the dashboard show; its own engine and pool, like the old dashboard's."""
+    reads: ReadRouter | None = None
+    """Where heavy reads go with ``DATABASE_READ_URL``: the replica while it keeps up; None without one."""
     _cached_status: tuple[float, Status] | None = None
+    _read_choice: tuple[float, Database] | None = None
+
+    async def read_db(self) -> Database:
+        """The database the operator API reads: the replica while it keeps up (checked at most every
+        :data:`READ_CHOICE_S`), else, and without ``DATABASE_READ_URL``, :attr:`db`."""
+        if self.reads is None:
+            return self.db
+        if self._read_choice is not None and time.monotonic() - self._read_choice[0] < READ_CHOICE_S:
+            return self._read_choice[1]
+        chosen, _lag = await self.reads.choose()
+        if chosen is self.reads.primary:
+            chosen = self.db  # the app's own pool, rather than the router's second one
+        self._read_choice = (time.monotonic(), chosen)
+        return chosen
 
     async def status(self) -> Status:
         """The current status, read at most once per :data:`STATUS_CACHE_S` however many ask."""
@@ -76,3 +96,13 @@ async def session(state: StateDep) -> AsyncIterator[AsyncSession]:
 
 
 SessionDep = Annotated[AsyncSession, Depends(session)]
+
+
+async def read_session(state: StateDep) -> AsyncIterator[AsyncSession]:
+    """One session for the request's reads, on the read replica where one is configured and keeps up."""
+    database = await state.read_db()
+    async with database.sessionmaker() as request_session:
+        yield request_session
+
+
+ReadSessionDep = Annotated[AsyncSession, Depends(read_session)]
