@@ -34,12 +34,17 @@ from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from worker.constants import MAX_ID_LENGTH, MAX_SOURCE_LENGTH, MAX_SUBJECT_LENGTH, MAX_TYPE_LENGTH
-from worker.db.types import IdentityString, UtcDateTime
+from worker.db.types import IdentityString, SqliteJson, UtcDateTime
 
 #: SQLite only auto-increments an INTEGER PRIMARY KEY; elsewhere a 64-bit identity.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-#: JSONB on PostgreSQL (indexable, compact); JSON elsewhere. Python None is SQL NULL, not JSON null.
-Json = JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+#: JSONB on PostgreSQL (indexable, compact); JSON elsewhere (on SQLite keeping a bare number's text:
+#: :class:`~worker.db.types.SqliteJson`). Python None is SQL NULL, not JSON null.
+Json = (
+    JSON(none_as_null=True)
+    .with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+    .with_variant(SqliteJson(none_as_null=True), "sqlite")
+)
 #: Raw bytes of any size: bytea, LONGBLOB, BLOB.
 Blob = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, String
+from sqlalchemy import JSON, DateTime, String
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -67,3 +67,40 @@ class IdentityString(TypeDecorator[str]):
             collation = "utf8mb4_nopad_bin" if is_mariadb else "utf8mb4_0900_bin"
             return dialect.type_descriptor(mysql.VARCHAR(self.length, charset="utf8mb4", collation=collation))
         return dialect.type_descriptor(String(self.length))
+
+
+class SqliteJson(TypeDecorator[Any]):
+    """SQLite's JSON type, keeping a bare JSON number as the text it was sent as.
+
+    SQLite gives a column declared ``JSON`` numeric affinity: a value that is a bare number
+    (``0.0``, ``18446744073709551617``, ``0.30000000000000004``) is stored as an INTEGER or a
+    REAL, so it came back changed (``0``, a rounded integer, 15 significant digits once cast to
+    text) and the JSON type could not read it back at all. Bound as UTF-8 bytes (a BLOB, which
+    affinity leaves alone) the text is kept as it is; ``CAST(data AS TEXT)`` and the JSON
+    deserializer read bytes as they read text. Objects, arrays, strings and literals were never
+    converted and are bound as before, as JSON text.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        serialize = dialect.type_descriptor(self.impl_instance).bind_processor(dialect)
+
+        def process(value: Any) -> Any:
+            bound = serialize(value) if serialize is not None else value
+            if isinstance(value, int | float) and not isinstance(value, bool) and isinstance(bound, str):
+                return bound.encode()
+            return bound
+
+        return process
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        deserialize = dialect.type_descriptor(self.impl_instance).result_processor(dialect, coltype)
+
+        def process(value: Any) -> Any:
+            if isinstance(value, int | float):  # stored before this type: SQLite had made it a number
+                return value
+            return deserialize(value) if deserialize is not None else value
+
+        return process
