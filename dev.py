@@ -34,7 +34,7 @@ DOCS = ["docs", "docs/_build/html"]  # the site's sources and where it is built
 
 # Every install goes through a lock file in requirements/: each package pinned to one version and the
 # sha256 of each of its files, so two installs a month apart run the same code. dev.txt is what the
-# tests, lint and docs need (every extra); runtime.txt is the image's set (the psycopg and mysql
+# tests, lint and docs need (every extra); runtime.txt is the image's set (the psycopg, mysql, http
 # extras), pinned to the same versions. Both also pin the build backend (setuptools), and the project
 # itself is installed from the tree without its dependencies and without build isolation, so nothing
 # outside the lock is fetched. pip itself, the installer, is the one the Python ships.
