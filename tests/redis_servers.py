@@ -6,7 +6,7 @@
   production runs Redis: the tests of Sentinel URLs and the failover drills use it. It can find
   the current primary, kill it, ask for a failover, and heal itself back to three healthy nodes
   so that one group (session-scoped: starting it costs a few seconds) serves every test.
-- :func:`tls_files`: a CA and a server certificate made with ``openssl`` for a ``tls-port``.
+- :func:`tls_files`: a CA and a server certificate made with ``openssl``, for a node's ``tls-port``.
 
 Every server binds 127.0.0.1 only and is stopped by whoever started it.
 """
@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,10 @@ SERVICE = "ew-primary"
 #: three agreeing (the quorum) they elect a leader and promote a replica. Production defaults to 30 s.
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 6000
+#: How often each sentinel reads INFO from the replicas (10 s by default). Their view of a replica
+#: was up to 10 s old: a failover asked for just after one was re-attached picked it by its old role,
+#: and another sentinel demoted it mid-promotion. (Set with SENTINEL DEBUG, Redis 7.0's.)
+INFO_PERIOD_MS = 1000
 
 
 def free_port() -> int:
@@ -56,6 +61,36 @@ def wait_until(check: Any, within: float, what: str, poll: float = 0.05) -> floa
         time.sleep(poll)
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A CA, and a server certificate it signed for 127.0.0.1, with the server's key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def tls_files(directory: Path, name: str = "redis") -> TlsFiles:
+    """Make a CA and a server certificate for 127.0.0.1 with ``openssl``, in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = directory / f"{name}-ca.pem", directory / f"{name}-ca.key"
+    cert, key, csr = directory / f"{name}.pem", directory / f"{name}.key", directory / f"{name}.csr"
+    ext = directory / f"{name}.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    days = ["-days", "2"]
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", *days, "-subj", f"/CN={name} test CA", "-keyout",
+        str(ca_key), "-out", str(ca))  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out",
+        str(csr))  # fmt: skip
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", *days,
+        "-extfile", str(ext), "-out", str(cert))  # fmt: skip
+    return TlsFiles(ca, cert, key)
+
+
 class RedisNode:
     """One ``redis-server`` (``sentinel=True``: ``redis-sentinel``) process of a test."""
 
@@ -67,20 +102,28 @@ class RedisNode:
         password: str | None = NODE_PASSWORD,
         sentinel: bool = False,
         port: int | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.password = password
         self.sentinel = sentinel
+        self.tls = tls
         self.config = list(config)
         self.process: subprocess.Popen[bytes] | None = None
         self.conf = self.workdir / ("sentinel.conf" if sentinel else "redis.conf")
         self.conf.write_text("\n".join(self._base_config() + self.config) + "\n")
 
     def _base_config(self) -> list[str]:
+        if self.tls:
+            ports = ["port 0", f"tls-port {self.port}", "tls-auth-clients no"]
+            ports += [f"tls-cert-file {self.tls.cert}", f"tls-key-file {self.tls.key}"]
+            ports += [f"tls-ca-cert-file {self.tls.ca}"]
+        else:
+            ports = [f"port {self.port}"]
         lines = [
-            f"port {self.port}",
+            *ports,
             "bind 127.0.0.1",
             f"dir {self.workdir}",
             f"logfile {self.workdir / 'redis.log'}",
@@ -97,6 +140,8 @@ class RedisNode:
         return self.process is not None and self.process.poll() is None
 
     def client(self, **options: Any) -> redis.Redis:
+        if self.tls:
+            options |= {"ssl": True, "ssl_ca_certs": str(self.tls.ca)}
         return redis.Redis(
             host="127.0.0.1", port=self.port, password=self.password, socket_timeout=2, **options
         )
@@ -188,8 +233,17 @@ class SentinelGroup:
         for node in self.nodes:
             node.start()
         for sentinel in self.sentinels:
-            sentinel.start()
+            self._start_sentinel(sentinel)
         self.wait_healthy()
+
+    @staticmethod
+    def _start_sentinel(sentinel: RedisNode) -> None:
+        sentinel.start()
+        client = sentinel.client()
+        try:
+            client.execute_command("SENTINEL", "DEBUG", "info-period", INFO_PERIOD_MS)
+        finally:
+            client.close()
 
     def stop(self) -> None:
         for process in [*self.sentinels, *self.nodes]:
@@ -247,7 +301,15 @@ class SentinelGroup:
                 return False
             if int(state["num-other-sentinels"]) != 2:
                 return False
-            if len([r for r in replicas if "s_down" not in r["flags"]]) != 2:
+            synced = [
+                r
+                for r in replicas
+                if "s_down" not in r["flags"]
+                and r["master-link-status"] == "ok"
+                and r["role-reported"] == "slave"
+                and r["master-port"] == state["port"]
+            ]
+            if len(synced) != 2:
                 return False
             ports.add(int(state["port"]))
         if len(ports) != 1:
@@ -274,9 +336,12 @@ class SentinelGroup:
         start = time.monotonic()
         if self._agreed_and_healthy():
             return 0.0
-        for process in [*self.sentinels, *self.nodes]:
-            if not process.running:
-                process.start()
+        for sentinel in self.sentinels:
+            if not sentinel.running:
+                self._start_sentinel(sentinel)
+        for node in self.nodes:
+            if not node.running:
+                node.start()
         wait_until(lambda: self.primary() is not None, within, "the sentinels to name a primary")
         primary = self.primary()
         for node in self.nodes:
