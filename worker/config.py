@@ -6,18 +6,28 @@ Every setting can be given as ``EVENTWORKER_<NAME>``; the two URLs also as plain
 
 Nothing is read at import: call :func:`load_settings`. Invalid values become one
 :class:`~worker.errors.ConfigError` naming the variable, never a driver traceback.
+
+A variable that looks like a setting but is none (``EVENTWORKER_MAX_JOB``, a key of the env file
+that no setting reads) would be ignored without a word; :func:`unknown_variables` finds them, with
+the closest setting's name, for the command line and the worker to warn about, and with
+``EVENTWORKER_STRICT_SETTINGS=true`` :func:`load_settings` refuses them. The ``EVENTWORKER_*``
+variables that are not settings but are read elsewhere (tests, benchmarks) are
+:data:`OTHER_VARIABLES`, known and never reported.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 import socket
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
+from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -33,6 +43,21 @@ ENV_PREFIX = "EVENTWORKER_"
 DEFAULT_ENV_FILE = "settings.env"
 #: The URLs, read as hosting platforms name them (``DATABASE_URL``) or with the prefix.
 URL_VARIABLES = frozenset({"DATABASE_URL", "DATABASE_READ_URL", "REDIS_URL"})
+
+#: ``EVENTWORKER_*`` variables that are not settings, and what reads them: known, never reported as typos.
+#: The one list of them (``tests/unit/test_settings_typos.py`` checks the tree names no other).
+OTHER_VARIABLES: Final = {
+    ENV_PREFIX + "ENV_FILE": "the env file to read instead of ./settings.env (load_settings)",
+    ENV_PREFIX + "TEST_PG_URL": "the tests' and benchmarks' PostgreSQL server (tests/conftest.py, bench/)",
+    ENV_PREFIX + "TEST_PG_BIN": "where the tests find PostgreSQL's server programs (tests/pgcluster.py)",
+    ENV_PREFIX + "TEST_PGBOUNCER": "the pgbouncer program the tests start (tests/pgbouncer.py)",
+    ENV_PREFIX + "TEST_MYSQL_URL": "the tests' MariaDB/MySQL server (tests/conftest.py)",
+    ENV_PREFIX + "TEST_REDIS_URL": "the tests' Redis (tests/conftest.py)",
+    ENV_PREFIX + "TEST_CHROMIUM": "the browser the dashboard test drives (tests/e2e/test_operating.py)",
+    ENV_PREFIX + "TEST_SCREENSHOT": "where the dashboard test saves its image (tests/e2e/test_operating.py)",
+    ENV_PREFIX + "SOAK_SECONDS": "how long each fault runs with --soak (tests/faults/conftest.py)",
+    ENV_PREFIX + "BENCH_REDIS_URL": "the benchmarks' Redis (bench/common.py)",
+}
 
 #: Async drivers we support, by SQLAlchemy drivername.
 ASYNC_DRIVERS = frozenset(
@@ -364,6 +389,12 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: PositiveInt = Field(
         5000, description="SQLite: milliseconds a writer waits for the lock before failing."
     )
+    strict_settings: bool = Field(
+        False,
+        description="Refuse to start (a configuration error, exit status 2) on an EVENTWORKER_* variable or"
+        " an env file key that is no setting, a typo most likely; when false each is a warning naming the"
+        " closest setting.",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -471,17 +502,87 @@ def env_name(field: str) -> str:
     return name if name in URL_VARIABLES else ENV_PREFIX + name.removeprefix(ENV_PREFIX)
 
 
+def setting_variables() -> set[str]:
+    """Every variable a setting is read from (upper case), aliases included."""
+    names: set[str] = set()
+    for field_name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(choice).upper() for choice in alias.choices)
+        else:
+            names.add(env_name(field_name))
+    return names
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownVariable:
+    """A variable (or an env file's key) that no setting reads, and the setting it most resembles."""
+
+    name: str
+    file: str | None
+    """The env file that holds it; None for the environment."""
+    suggestion: str | None
+
+    def problem(self, outcome: str) -> str:
+        """``not a setting (in settings.env), <outcome>; did you mean EVENTWORKER_MAX_JOBS?``"""
+        where = "" if self.file is None else f" (in {self.file})"
+        closest = f"; did you mean {self.suggestion}?" if self.suggestion else ""
+        return f"not a setting{where}, {outcome}{closest}"
+
+
+def _closest(name: str, known: set[str]) -> str | None:
+    """The known variable ``name`` most likely meant; the prefix, which all share, is left out of the
+    comparison (it would make any two names look alike)."""
+    upper = name.upper()
+    if not upper.startswith(ENV_PREFIX) and ENV_PREFIX + upper in known:
+        return ENV_PREFIX + upper  # an env file key written without the prefix
+    bare: dict[str, str] = {}
+    for variable in sorted(known, key=lambda v: (not v.startswith(ENV_PREFIX), v)):
+        bare.setdefault(variable.removeprefix(ENV_PREFIX), variable)
+    matches = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), list(bare), n=1, cutoff=0.75)
+    return bare[matches[0]] if matches else None
+
+
+def env_file_path(env_file: str | Path | None = None) -> Path | None:
+    """The env file :func:`load_settings` reads: ``env_file``, else ``$EVENTWORKER_ENV_FILE``, else
+    ``./settings.env`` when it exists; None when there is none. A file named but missing is a ConfigError."""
+    named = env_file or os.environ.get(ENV_PREFIX + "ENV_FILE")
+    path = Path(named or DEFAULT_ENV_FILE)
+    if named and not path.is_file():
+        raise ConfigError(ENV_PREFIX + "ENV_FILE", f"env file {path} does not exist")
+    return path if path.is_file() else None
+
+
+def unknown_variables(env_file: str | Path | None = None) -> list[UnknownVariable]:
+    """``EVENTWORKER_*`` variables of the environment, and keys of the env file, that no setting reads.
+
+    Names are compared without regard to case, as the settings read them; :data:`OTHER_VARIABLES` are known.
+    """
+    known = setting_variables() | set(OTHER_VARIABLES)
+    found = [
+        UnknownVariable(name, None, _closest(name, known))
+        for name in sorted(os.environ)
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known
+    ]
+    path = env_file_path(env_file)
+    if path is not None:
+        found += [
+            UnknownVariable(key, str(path), _closest(key, known))
+            for key in dotenv_values(path)
+            if key.upper() not in known
+        ]
+    return found
+
+
 def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Read settings from the environment and an env file; raise one ConfigError on the first bad value.
 
     The env file is ``env_file``, else ``$EVENTWORKER_ENV_FILE``, else ``./settings.env`` if it exists.
+    With ``strict_settings``, a variable no setting reads (:func:`unknown_variables`) is an error too.
     """
-    named = env_file or os.environ.get(ENV_PREFIX + "ENV_FILE")
-    path = named or DEFAULT_ENV_FILE
-    if named and not Path(path).is_file():
-        raise ConfigError(ENV_PREFIX + "ENV_FILE", f"env file {path} does not exist")
+    path = env_file_path(env_file)
     try:
-        return Settings(_env_file=path if Path(path).is_file() else None, **overrides)
+        settings = Settings(_env_file=path, **overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "settings"
@@ -491,6 +592,12 @@ def load_settings(env_file: str | Path | None = None, **overrides: Any) -> Setti
         if name in URL_VARIABLES and name not in os.environ and prefixed in os.environ:
             name = prefixed  # the error names the variable that was actually set
         raise ConfigError(name, message) from None
+    if settings.strict_settings:
+        unknown = unknown_variables(env_file)
+        if unknown:
+            typo = unknown[0]
+            raise ConfigError(typo.name, typo.problem(f"refused as {ENV_PREFIX}STRICT_SETTINGS is on"))
+    return settings
 
 
 def env_example() -> str:

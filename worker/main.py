@@ -21,7 +21,7 @@ from jobs.rollup import rebuild_rollups, update_rollups
 from jobs.stats import event_stats
 from jobs.undecodable import store_undecodable_job
 from worker import lifecycle
-from worker.config import Settings, load_settings
+from worker.config import Settings, load_settings, unknown_variables
 from worker.constants import APPLY_RETENTION_JOB, INGEST_JOB, SWEEP_HANDLERS_JOB, UPDATE_ROLLUPS_JOB
 from worker.errors import ConfigError, EventWorkerError
 from worker.logging import configure_logging, get_logger
@@ -145,6 +145,7 @@ def settings_from_environment() -> dict[str, Any]:
     """Worker keyword arguments from the environment; a bad setting exits with one line."""
     try:
         settings = load_settings()
+        unknown = [] if settings.strict_settings else unknown_variables()
     except ConfigError as exc:
         raise SystemExit(f"eventworker: configuration error: {exc}") from None
     if settings.redis_url == MEMORY_URL:
@@ -153,6 +154,13 @@ def settings_from_environment() -> dict[str, Any]:
             "(`eventworker demo`); a worker needs a real Redis, e.g. redis://localhost:6379/0"
         )
     _configure_logging(settings)
+    for variable in unknown:  # a typo, most likely: said once at start (EVENTWORKER_STRICT_SETTINGS refuses)
+        log.warning(
+            "settings.unknown_variable",
+            variable=variable.name,
+            file=variable.file,
+            closest=variable.suggestion,
+        )
     return worker_settings(settings)
 
 

@@ -78,7 +78,10 @@ async def test_worker_process_ingests_what_the_producer_command_sends(worker_env
     (tmp_path / "events.ndjson").write_bytes(b"\n".join(lines) + b"\n")
     sent = _enqueue_file(worker_env, tmp_path / "events.ndjson", "--batch-size", "100")
     assert sent.returncode == 0, sent.stderr
-    assert "enqueued 1003 events in 11 jobs" in sent.stdout
+    assert sent.stdout == (
+        "read 1,003 lines: sent 1,003 events in 11 jobs, of which 1 is not JSON and will be a dead letter;"
+        " skipped 0 blank lines\n"
+    )
     assert "line 1003: not JSON" in sent.stderr
 
     db = Database.from_settings(load_settings(database_url=worker_env["DATABASE_URL"]))

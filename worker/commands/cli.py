@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from worker.commands.base import examples
 from worker.commands.config import config_command
 from worker.commands.demo import demo_command
 from worker.commands.enqueue import enqueue_command
@@ -24,7 +25,14 @@ from worker.commands.status import check_command, dashboard_command, health_comm
 from worker.commands.worker import migrate_command, run_command
 
 
-@click.group()
+@click.group(
+    epilog=examples(
+        "eventworker migrate && eventworker run",
+        "eventworker demo",
+        "eventworker COMMAND --help",
+        'eval "$(_EVENTWORKER_COMPLETE=bash_source eventworker)"   # Tab completion (zsh: zsh_source)',
+    )
+)
 @click.version_option(package_name="eventworker")
 def main() -> None:
     """eventworker: store CloudEvents from Redis exactly once, and run batch work over them."""

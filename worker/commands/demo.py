@@ -2,27 +2,33 @@
 in one process.
 
 With no ``DATABASE_URL``/``REDIS_URL`` it runs on an embedded SQLite file and the
-in-process Redis stand-in; with them set, on the real servers.
+in-process Redis stand-in; with them set, on the real servers. The embedded file is started
+afresh on each run unless ``--keep``; a database the user named is never emptied.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import click
 
-from worker.commands.base import settings_or_exit, with_database, with_session
+from worker.commands.base import examples, settings_or_exit, with_database, with_session
 from worker.config import Settings, redact_redis_url, redact_url
 from worker.db import statements
 from worker.protocol.serialization import deserialize
 
-DEMO_DATABASE_URL = "sqlite+aiosqlite:///eventworker-demo.sqlite3"
+DEMO_DATABASE_FILE = "eventworker-demo.sqlite3"
+DEMO_DATABASE_URL = f"sqlite+aiosqlite:///{DEMO_DATABASE_FILE}"
+#: The files SQLite keeps beside the database in WAL mode.
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 TYPES = ("com.example.order.created", "com.example.order.paid", "com.example.user.signed_up")
 
 
@@ -155,10 +161,32 @@ def demo_settings(settings: Settings) -> Settings:
     return settings.model_copy(update=overrides) if overrides else settings
 
 
-@click.command("demo")
+def remove_demo_database(directory: Path) -> None:
+    """Delete the embedded demo database in ``directory`` (and SQLite's files beside it), if there."""
+    for suffix in ("", *SQLITE_SIDE_FILES):
+        with contextlib.suppress(FileNotFoundError):
+            (directory / f"{DEMO_DATABASE_FILE}{suffix}").unlink()
+
+
+@click.command(
+    "demo",
+    epilog=examples("eventworker demo", "eventworker demo --events 20000 --keep"),
+)
 @click.option("--events", "count", type=click.IntRange(min=1), default=5000, show_default=True)
-def demo_command(count: int) -> None:
-    """Run a worker on sample events (embedded SQLite and Redis stand-in unless the URLs are set)."""
-    settings = demo_settings(settings_or_exit())
+@click.option(
+    "--keep",
+    is_flag=True,
+    help=f"Add to the rows of the last run in {DEMO_DATABASE_FILE} instead of starting it afresh.",
+)
+def demo_command(count: int, keep: bool) -> None:
+    """Run a worker on sample events (embedded SQLite and Redis stand-in unless the URLs are set).
+
+    The embedded database, eventworker-demo.sqlite3 in the working directory, starts empty on each
+    run unless --keep. A database named by DATABASE_URL is used as it is, never emptied.
+    """
+    given = settings_or_exit()
+    settings = demo_settings(given)
+    if "database_url" not in given.model_fields_set and not keep:
+        remove_demo_database(Path.cwd())
     for line in asyncio.run(run_demo(settings, count)).lines(settings):
         click.echo(line)

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, TextIO
 
 import click
 
-from worker.commands.base import run_or_exit, settings_or_exit, with_database, with_read_database
+from worker.commands.base import examples, run_or_exit, settings_or_exit, with_database, with_read_database
 from worker.db.engine import Database
 from worker.domain.export import ExportFilter, ExportFormat, ExportProgress, parse_time, wants_gzip
+from worker.domain.text import plural
 
 if TYPE_CHECKING:
     from jobs.export import ExportSummary
@@ -57,7 +58,18 @@ class ProgressLine:
             self._stream.flush()
 
 
-@click.command("export")
+#: The exit status of an export refused because PATH exists (as for any other error of the command).
+EXIT_EXISTS = 1
+
+
+@click.command(
+    "export",
+    epilog=examples(
+        "eventworker export all.ndjson",
+        "eventworker export paid.csv --format csv --type com.example.order.paid --since 2026-01-01T00:00:00Z",
+        "eventworker export shop-1.ndjson.gz --source /shop/1 --force",
+    ),
+)
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--format", "fmt", type=click.Choice([f.value for f in ExportFormat]), default="ndjson", show_default=True
@@ -79,6 +91,11 @@ class ProgressLine:
     help="Rows per round trip, or per write when PostgreSQL writes the lines"
     " [default: EVENTWORKER_EXPORT_CHUNK_SIZE].",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace PATH if it exists; without it an existing PATH is refused.",
+)
 def export_command(
     path: Path,
     fmt: str,
@@ -89,10 +106,12 @@ def export_command(
     source: str | None,
     subject: str | None,
     chunk_size: int | None,
+    force: bool,
 ) -> None:
     """Write stored events to PATH in seq order, as NDJSON (CloudEvents) or CSV.
 
     The file appears only once complete; one database snapshot, whatever is stored meanwhile.
+    An existing PATH is left alone (exit status 1) unless --force.
     """
     from jobs.export import export_to_file  # imported here: the jobs load arq, which --help does not need
 
@@ -102,6 +121,9 @@ def export_command(
         raise click.UsageError(str(exc)) from None
     if not path.parent.is_dir():
         raise click.BadParameter(f"directory {path.parent} does not exist", param_hint="PATH")
+    if path.exists() and not force:
+        click.echo(f"eventworker: {path} already exists; give --force to replace it", err=True)
+        raise SystemExit(EXIT_EXISTS)
     settings = settings_or_exit()
     progress = ProgressLine(sys.stderr) if sys.stderr.isatty() else None
 
@@ -123,12 +145,18 @@ def export_command(
             progress.close()
     rate = summary.rows / summary.seconds if summary.seconds else 0
     click.echo(
-        f"exported {summary.rows:,} events to {summary.path} ({summary.bytes:,} bytes)"
+        f"exported {plural(summary.rows, 'event')} to {summary.path} ({plural(summary.bytes, 'byte')})"
         f" in {summary.seconds:.2f}s ({rate:,.0f} rows/s)"
     )
 
 
-@click.command("retention")
+@click.command(
+    "retention",
+    epilog=examples(
+        "EVENTWORKER_RETENTION_DAYS=90 eventworker retention",
+        "EVENTWORKER_DEAD_LETTER_RETENTION_DAYS=30 eventworker retention",
+    ),
+)
 def retention_command() -> None:
     """Delete events and dead letters past their retention now (what the daily job does)."""
     from jobs.retention import run_retention  # imported here: the jobs load arq, which --help does not need
@@ -145,10 +173,10 @@ def retention_command() -> None:
 
     result = run_or_exit(with_database(settings, apply), settings)
     if settings.retention_days is not None:
-        line = f"events: deleted {result['events_deleted']:,} in {result['event_chunks']} chunks"
+        line = f"events: deleted {result['events_deleted']:,} in {plural(result['event_chunks'], 'chunk')}"
         if result["exported_path"]:
             line += f", exported first to {result['exported_path']}"
         click.echo(line)
     if settings.dead_letter_retention_days is not None:
         deleted, chunks = result["dead_letters_deleted"], result["dead_letter_chunks"]
-        click.echo(f"dead letters: deleted {deleted:,} in {chunks} chunks")
+        click.echo(f"dead letters: deleted {deleted:,} in {plural(chunks, 'chunk')}")

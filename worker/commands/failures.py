@@ -13,20 +13,27 @@ from typing import Any
 import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from worker.commands.base import print_rows, run_or_exit, settings_or_exit, with_session
+from worker.commands.base import examples, print_rows, run_or_exit, settings_or_exit, with_session
 from worker.db import statements
+from worker.domain.text import describe_errors, one_line
 from worker.protocol.serialization import deserialize
 
+#: Characters of a dead letter's payload kept: in --json, and (on one line) in the listing.
+RAW_JSON_CHARS = 2000
+RAW_TEXT_CHARS = 200
 
-@click.group("failed")
+
+@click.group("failed", epilog=examples("eventworker failed list", "eventworker failed requeue 12"))
 def failed_command() -> None:
     """Jobs that used their last try."""
 
 
-@failed_command.command("list")
+@failed_command.command(
+    "list", epilog=examples("eventworker failed list", "eventworker failed list --all --json --limit 10")
+)
 @click.option("--all", "include_requeued", is_flag=True, help="Include jobs already re-enqueued.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the failed jobs as JSON.")
 def failed_list(include_requeued: bool, limit: int, as_json: bool) -> None:
     """List failed jobs, newest first."""
 
@@ -49,7 +56,7 @@ def failed_list(include_requeued: bool, limit: int, as_json: bool) -> None:
     print_rows(run_or_exit(with_session(settings, fetch), settings), as_json)
 
 
-@failed_command.command("requeue")
+@failed_command.command("requeue", epilog=examples("eventworker failed requeue 12 13"))
 @click.argument("ids", type=int, nargs=-1, required=True)
 def failed_requeue(ids: tuple[int, ...]) -> None:
     """Enqueue failed jobs IDS again, with their original arguments."""
@@ -81,11 +88,29 @@ def failed_requeue(ids: tuple[int, ...]) -> None:
         click.echo(line)
 
 
-@click.command("dead-letters")
+def _dead_letter_lines(letter: dict[str, Any]) -> list[str]:
+    job = "" if letter["job_id"] is None else f", job {letter['job_id']} input {letter['position']}"
+    return [
+        f"#{letter['id']} {letter['reason']}, received {letter['received_at']:%Y-%m-%d %H:%M:%S} UTC{job}",
+        f"  errors: {describe_errors(letter['errors']) or '-'}",
+        f"  raw: {one_line(letter['raw'], RAW_TEXT_CHARS)}",
+    ]
+
+
+@click.command(
+    "dead-letters",
+    epilog=examples(
+        "eventworker dead-letters --limit 5", "eventworker dead-letters --json | jq '.[].errors'"
+    ),
+)
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print them as JSON, errors as a list.")
 def dead_letters_command(limit: int, as_json: bool) -> None:
-    """List dead letters (inputs that were not storable events), newest first."""
+    """List dead letters (inputs that were not storable events), newest first.
+
+    Each with its reason, when it came and from which job and input, its errors (field: what is
+    wrong) and the payload as received (its first 200 characters; --json has 2000).
+    """
 
     async def fetch(session: AsyncSession) -> list[dict[str, Any]]:
         rows = await statements.dead_letters(session, limit=limit)
@@ -97,10 +122,16 @@ def dead_letters_command(limit: int, as_json: bool) -> None:
                 "position": r.position,
                 "received_at": r.received_at,
                 "errors": r.errors,
-                "raw": r.raw.decode("utf-8", "backslashreplace")[:2000],
+                "raw": r.raw.decode("utf-8", "backslashreplace")[:RAW_JSON_CHARS],
             }
             for r in rows
         ]
 
     settings = settings_or_exit()
-    print_rows(run_or_exit(with_session(settings, fetch), settings), as_json)
+    letters = run_or_exit(with_session(settings, fetch), settings)
+    if as_json or not letters:
+        print_rows(letters, as_json)
+        return
+    for letter in letters:
+        for line in _dead_letter_lines(letter):
+            click.echo(line)

@@ -14,7 +14,7 @@ from typing import Any
 import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from worker.commands.base import print_rows, run_or_exit, settings_or_exit, with_session
+from worker.commands.base import examples, print_rows, run_or_exit, settings_or_exit, with_session
 from worker.config import Settings
 from worker.db import handler_sql
 
@@ -22,7 +22,10 @@ from worker.db import handler_sql
 ERROR_PREVIEW = 200
 
 
-@click.group("handlers")
+@click.group(
+    "handlers",
+    epilog=examples("eventworker handlers list --status failed", "eventworker handlers retry --all-failed"),
+)
 def handlers_command() -> None:
     """Event handler runs: list them, re-drive failed ones."""
 
@@ -38,7 +41,10 @@ def _preview(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-@handlers_command.command("list")
+@handlers_command.command(
+    "list",
+    epilog=examples("eventworker handlers list --status failed", "eventworker handlers list --json"),
+)
 @click.option("--status", type=click.Choice(handler_sql.STATUSES), help="Only runs with this status.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON, errors whole.")
@@ -64,7 +70,9 @@ async def _enqueue(settings: Settings) -> str | None:
         await redis.aclose(close_connection_pool=True)
 
 
-@handlers_command.command("retry")
+@handlers_command.command(
+    "retry", epilog=examples("eventworker handlers retry 17 18", "eventworker handlers retry --all-failed")
+)
 @click.argument("ids", type=int, nargs=-1)
 @click.option("--all-failed", is_flag=True, help="Retry every failed run.")
 def retry_runs(ids: tuple[int, ...], all_failed: bool) -> None:

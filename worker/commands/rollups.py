@@ -7,47 +7,75 @@ too large to recount within one job.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
 import click
 
-from worker.commands.base import run_or_exit, settings_or_exit, with_database
+from worker.commands.base import examples, run_or_exit, settings_or_exit, with_database
+from worker.config import Settings
+from worker.db import status_sql
+from worker.db.engine import Database
+from worker.domain.text import plural
+
+if TYPE_CHECKING:
+    from jobs.rollup import RollupResult
 
 
-def _summary(verb: str, result: dict[str, object]) -> str:
+async def _then_progress(
+    settings: Settings, run: Callable[[Database], Awaitable[RollupResult]]
+) -> tuple[RollupResult, status_sql.RollupLag]:
+    async def both(db: Database) -> tuple[RollupResult, status_sql.RollupLag]:
+        result = await run(db)
+        async with db.transaction() as session:
+            return result, await status_sql.rollup_progress(session)
+
+    return await with_database(settings, both)
+
+
+def _summary(result: RollupResult, lag: status_sql.RollupLag) -> str:
+    from worker.ops.status_text import rollup_progress  # imported here: the views load arq
+
     return (
-        f"{verb} {result['rows']} events into {result['buckets']} bucket rows"
-        f" in {result['transactions']} transaction(s); checkpoint {result['checkpoint_from']}"
-        f" -> {result['checkpoint_to']}"
+        f"counted {plural(result['rows'], 'event')} into {plural(result['buckets'], 'bucket row')}"
+        f" in {plural(result['transactions'], 'transaction')}; {rollup_progress(lag, datetime.now(UTC))}"
     )
 
 
-@click.group("rollups")
+@click.group(
+    "rollups",
+    epilog=examples("eventworker rollups update", "eventworker rollups verify"),
+)
 def rollups_command() -> None:
     """Event counts per (type, source) and minute or hour: the rollups table."""
 
 
-@rollups_command.command("update")
+@rollups_command.command("update", epilog=examples("eventworker rollups update"))
 def update_command() -> None:
     """Count the events stored since the last run (the worker does this every minute)."""
     from jobs.rollup import update  # imported here: the jobs load arq, which --help does not need
 
     settings = settings_or_exit()
-    result = run_or_exit(with_database(settings, lambda db: update(db, settings)), settings)
-    click.echo(_summary("counted", dict(result)))
+    result, lag = run_or_exit(_then_progress(settings, lambda db: update(db, settings)), settings)
+    click.echo(_summary(result, lag))
     if result["gave_way"]:
         click.echo("another run was updating the rollups at the same time; it carries on from here")
 
 
-@rollups_command.command("rebuild")
+@rollups_command.command("rebuild", epilog=examples("eventworker rollups rebuild"))
 def rebuild_command() -> None:
     """Empty the rollups and count the whole history again, in one transaction."""
     from jobs.rollup import rebuild  # imported here: the jobs load arq, which --help does not need
 
     settings = settings_or_exit()
-    result = run_or_exit(with_database(settings, lambda db: rebuild(db, settings)), settings)
-    click.echo(_summary("counted", dict(result)))
+    result, lag = run_or_exit(_then_progress(settings, lambda db: rebuild(db, settings)), settings)
+    click.echo(_summary(result, lag))
 
 
-@rollups_command.command("verify")
+@rollups_command.command(
+    "verify", epilog=examples("eventworker rollups verify || eventworker rollups rebuild")
+)
 def verify_command() -> None:
     """Compare the rollups with the events they cover, counted again; exit 1 on any difference."""
     from jobs.rollup import verify  # imported here: the jobs load arq, which --help does not need
@@ -57,10 +85,11 @@ def verify_command() -> None:
     for difference in checked.differences:
         click.echo(str(difference))
     if checked.differences:
+        differ = "differs" if len(checked.differences) == 1 else "differ"
         click.echo(
-            f"{len(checked.differences)} bucket(s) differ from the events up to checkpoint"
-            f" {checked.position}; `eventworker rollups rebuild` recounts them",
+            f"{plural(len(checked.differences), 'bucket')} {differ} from the events they cover;"
+            " `eventworker rollups rebuild` recounts them",
             err=True,
         )
         raise SystemExit(1)
-    click.echo(f"rollups match the events up to checkpoint {checked.position}: {checked.buckets} buckets")
+    click.echo(f"rollups match the events they cover: {plural(checked.buckets, 'bucket')}")

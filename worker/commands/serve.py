@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from worker.commands.base import settings_or_exit
+from worker.commands.base import examples, settings_or_exit
 from worker.errors import ConfigError
 from worker.logging import configure_logging
 
@@ -43,7 +43,13 @@ def start_http(host: str | None, port: int | None, what: str) -> None:
     serve(settings, sock, producers)
 
 
-@click.command("serve")
+@click.command(
+    "serve",
+    epilog=examples(
+        "eventworker serve",
+        "EVENTWORKER_PRODUCERS_FILE=producers.json eventworker serve --host 0.0.0.0 --port 8000",
+    ),
+)
 @click.option("--host", help="Address to listen on [default: EVENTWORKER_HTTP_HOST, 127.0.0.1].")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port [default: EVENTWORKER_HTTP_PORT, 8000].")
 def serve_command(host: str | None, port: int | None) -> None:

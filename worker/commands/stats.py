@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 import orjson
 
-from worker.commands.base import run_or_exit, settings_or_exit, with_read_database
+from worker.commands.base import examples, run_or_exit, settings_or_exit, with_read_database
 from worker.config import Settings
 from worker.domain.report import Report, Window, format_table, to_json
 from worker.errors import InvalidArgument
@@ -21,7 +21,10 @@ async def _report(settings: Settings, window: Window, fan_out: bool) -> Report:
     return await with_read_database(settings, lambda db: build_report(db, window, fan_out=fan_out))
 
 
-@click.command("stats")
+@click.command(
+    "stats",
+    epilog=examples("eventworker stats --window 24h", "eventworker stats --window 7d --json > report.json"),
+)
 @click.option(
     "--window",
     default="1h",
@@ -30,7 +33,8 @@ async def _report(settings: Settings, window: Window, fan_out: bool) -> Report:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--serial", is_flag=True, help="Run the queries one after another in one session.")
-def stats_command(window: str, as_json: bool, serial: bool) -> None:
+@click.option("--verbose", "-v", is_flag=True, help="End the table with how long each query took.")
+def stats_command(window: str, as_json: bool, serial: bool, verbose: bool) -> None:
     """Event counts by type, source and subject, ingestion lag percentiles and dead letters by reason."""
     try:
         span = Window.last(window)
@@ -41,4 +45,4 @@ def stats_command(window: str, as_json: bool, serial: bool) -> None:
     if as_json:
         click.echo(orjson.dumps(to_json(report), option=orjson.OPT_INDENT_2).decode())
     else:
-        click.echo(format_table(report))
+        click.echo(format_table(report, timing=verbose))

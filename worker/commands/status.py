@@ -11,10 +11,15 @@ import socket
 
 import click
 
-from worker.commands.base import run_or_exit, settings_or_exit
+from worker.commands.base import examples, run_or_exit, settings_or_exit
 
 
-@click.command("status")
+@click.command(
+    "status",
+    epilog=examples(
+        "eventworker status", "eventworker status --json | jq .problems", "watch -n 5 eventworker status"
+    ),
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.option("--recent", type=click.IntRange(min=0), default=10, show_default=True, help="Failures shown.")
 def status_command(as_json: bool, recent: int) -> None:
@@ -37,7 +42,14 @@ def status_command(as_json: bool, recent: int) -> None:
         raise SystemExit(1)
 
 
-@click.command("health")
+@click.command(
+    "health",
+    epilog=examples(
+        "eventworker health",
+        "eventworker health --local        # a container's HEALTHCHECK",
+        "eventworker health --worker-id web-1:7",
+    ),
+)
 @click.option("--worker-id", help="Check this worker's heartbeat only (<host>:<pid>, as `status` lists).")
 @click.option(
     "--local",
@@ -70,10 +82,14 @@ check_command = click.Command(
     callback=health_command.callback,
     params=health_command.params,
     help="Same as `eventworker health`.",
+    epilog=examples("eventworker check --local"),
 )
 
 
-@click.command("dashboard")
+@click.command(
+    "dashboard",
+    epilog=examples("eventworker dashboard", "eventworker dashboard --host 0.0.0.0 --port 8080 --refresh 30"),
+)
 @click.option("--host", help="Address to listen on [default: EVENTWORKER_DASHBOARD_HOST, 127.0.0.1].")
 @click.option(
     "--port", type=click.IntRange(0, 65535), help="Port [default: EVENTWORKER_DASHBOARD_PORT, 8080]."
@@ -96,10 +112,7 @@ def dashboard_command(host: str | None, port: int | None, refresh: int | None) -
         refresh or settings.dashboard_refresh,
     )
     shown = str(server.server_address[0])
-    click.echo(f"dashboard on http://{shown}:{server.port}/ (JSON at /status.json); Ctrl-C stops it")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    click.echo(
+        f"dashboard on http://{shown}:{server.port}/ (JSON at /status.json); Ctrl-C or SIGTERM stops it"
+    )
+    server.serve_until_stopped()

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import click
 
-from worker.commands.base import run_or_exit, settings_or_exit, with_database
+from worker.commands.base import examples, run_or_exit, settings_or_exit, with_database
 from worker.config import redact_url
 
 
-@click.command("run")
+@click.command(
+    "run",
+    epilog=examples(
+        "eventworker run",
+        "EVENTWORKER_MAX_JOBS=20 EVENTWORKER_METRICS_PORT=9100 eventworker run",
+        "eventworker run --burst",
+    ),
+)
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
 def run_command(burst: bool) -> None:
     """Start a worker (same as `arq worker.main.WorkerSettings`)."""
@@ -20,7 +27,9 @@ def run_command(burst: bool) -> None:
     run_worker(settings_from_environment(), burst=burst)
 
 
-@click.command("migrate")
+@click.command(
+    "migrate", epilog=examples("DATABASE_URL=postgresql://user:pass@db/events eventworker migrate")
+)
 def migrate_command() -> None:
     """Apply database migrations up to this version."""
     from worker.db import schema  # imported here: alembic (about 100 ms), which --help does not need

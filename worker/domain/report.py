@@ -216,9 +216,9 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:,.3f}s"
 
 
-def format_table(report: Report) -> str:
-    """The report as text tables for a terminal."""
-    window, lag, timing = report.window, report.lag, report.timing
+def format_table(report: Report, *, timing: bool = False) -> str:
+    """The report as text tables for a terminal; with ``timing``, a last line on how the queries ran."""
+    window, lag = report.window, report.lag
     label = f" ({window.label})" if window.label else ""
     lines = [f"events received {_iso(window.start)} .. {_iso(window.end)}{label}: {report.events:,}", ""]
     lines += _section("by type", "events", report.by_type)
@@ -231,11 +231,16 @@ def format_table(report: Report) -> str:
         "",
     ]
     lines += _section("dead letters by reason", "count", report.dead_letters)
+    if timing:
+        lines.append(_timing_line(report.timing))
+    return "\n".join(lines).rstrip("\n")
+
+
+def _timing_line(timing: Timing) -> str:
     slowest, slowest_ms = timing.slowest
     mode = "fanned out" if timing.fanned_out else "serial"
     queries = ", ".join(f"{name} {ms:.1f}" for name, ms in timing.queries_ms.items())
-    lines.append(
+    return (
         f"{mode}: {timing.wall_ms:.1f} ms wall, slowest query {slowest} {slowest_ms:.1f} ms"
         f" (each query, ms: {queries})"
     )
-    return "\n".join(lines)
