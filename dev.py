@@ -2,7 +2,7 @@
 """One entry point for people and CI: sets up ./.venv on first use, then runs a task.
 
     python3 dev.py demo      # the demo, on embedded SQLite + in-process Redis unless the URLs are set
-    python3 dev.py test      # the whole test suite (needs PostgreSQL and Redis, see README)
+    python3 dev.py test      # the whole test suite (needs PostgreSQL, Redis, MariaDB: docs/testing.md)
     python3 dev.py lint      # ruff, mypy and the import contracts (lint-imports)
     python3 dev.py docs      # build the documentation site strictly into docs/_build/html
     python3 dev.py docs-serve  # serve it on http://127.0.0.1:8000, rebuilt as pages change

@@ -7,8 +7,10 @@ Two MyST directives, each rendering a Markdown table from the declarations thems
 - ``{eventworker-metrics}``: every metric a worker exports, from the registry of a fresh
   :class:`worker.runtime.metrics.Metrics`: name as scraped, type, labels and help text.
 
-The CLI reference comes from the click commands through ``sphinx-click``. ``tests/docs`` renders the
-same tables to check them against the code and against ``settings.env.example``.
+The CLI reference comes from the click commands through ``sphinx-click``; each command's examples
+(its epilog, see :func:`worker.commands.base.examples`) become a shell code block there, copied as
+written. ``tests/docs`` renders the same tables to check them against the code and against
+``settings.env.example``.
 """
 
 from __future__ import annotations
@@ -119,7 +121,22 @@ class MetricsTable(_Table):
     render = staticmethod(metrics_markdown)
 
 
+#: How a command's epilog begins when it lists examples (:func:`worker.commands.base.examples`).
+_EXAMPLES = "\b\nExamples:\n"
+
+
+def _examples_as_code(app: Sphinx, ctx: Any, lines: list[str]) -> None:
+    """sphinx-click renders an epilog as a line block, with smart quotes and dashes (``--help`` as an
+    en dash); the examples are commands to copy, so they become a literal shell block."""
+    epilog = ctx.command.epilog or ""
+    if not epilog.startswith(_EXAMPLES):
+        return
+    commands = [line.strip() for line in epilog.removeprefix(_EXAMPLES).splitlines() if line.strip()]
+    lines[:] = [".. rubric:: Examples", "", ".. code-block:: shell", "", *(f"    {c}" for c in commands), ""]
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("eventworker-settings", SettingsTable)
     app.add_directive("eventworker-metrics", MetricsTable)
+    app.connect("sphinx-click-process-epilog", _examples_as_code)
     return {"parallel_read_safe": True, "version": "1"}
