@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from worker.domain import wire
 from worker.domain.wire import Rows, batch_rows
 from worker.protocol import events
-from worker.protocol.events import CloudEvent, Rejection, validate_batch, validate_one
+from worker.protocol.events import CloudEvent, Rejection, validate_batch, validate_each, validate_one
 from worker.protocol.serialization import JsonList, RawJson, deserialize, job_deserializer, serialize
 
 LIMIT = 2_000
@@ -461,3 +461,14 @@ def test_valid_events_take_the_wire_path(monkeypatch):
         rows = batch_rows(handed, LIMIT, NOW, "job-1")
         assert (len(rows.rows), rows.rejected, rows.duplicates) == (len(values), [], 0)
     assert calls == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(raw_events | json_values, max_size=6))
+def test_validate_each_is_validate_one_on_each_input_duplicates_kept(values):
+    """validate_each (serve's check of a request's events) answers for every input, in order, as
+    validate_one would, through the fast path: a repeated event is valid each time, not a duplicate."""
+    values = values + values[:1]
+    decoded = deserialize(serialize(values))
+    outcomes = validate_each(decoded, LIMIT, decoded=True)
+    assert outcomes == [validate_one(value, LIMIT, position) for position, value in enumerate(decoded)]

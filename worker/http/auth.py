@@ -36,7 +36,7 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
-def producer(request: Request, state: StateDep) -> Producer | None:
+async def producer(request: Request, state: StateDep) -> Producer | None:
     """The producer sending this request; None when no producers file is configured (anyone may send)."""
     if state.producers is None:
         return None
@@ -69,7 +69,7 @@ def token_role(settings: Settings, token: str) -> Role | None:
     return None
 
 
-def operator(request: Request, state: StateDep) -> Role:
+async def operator(request: Request, state: StateDep) -> Role:
     """The role of the operator asking (admin or reader); 401 without a token that has one."""
     token = bearer_token(request)
     if token is None:
@@ -82,7 +82,7 @@ def operator(request: Request, state: StateDep) -> Role:
     return role
 
 
-def admin(role: Annotated[Role, Depends(operator)]) -> Role:
+async def admin(role: Annotated[Role, Depends(operator)]) -> Role:
     """Only an admin token may act (requeue, retry, re-drive); a read-only one gets 403."""
     if role != "admin":
         raise Problem("forbidden", "this action needs the admin token; yours is read-only")

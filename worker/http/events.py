@@ -39,9 +39,9 @@ from worker.http import openapi
 from worker.http.auth import ANONYMOUS, ProducerDep
 from worker.http.limits import read_body, request_client
 from worker.http.problems import Problem
-from worker.http.state import HttpState, SessionDep, StateDep
+from worker.http.state import HttpState, StateDep
 from worker.protocol.binding import BindingError, Received, read_request
-from worker.protocol.events import CloudEvent, Rejection, validate_one
+from worker.protocol.events import CloudEvent, Rejection, validate_each
 
 router = APIRouter(tags=["events"])
 
@@ -82,31 +82,33 @@ def _check_sources(sender: Producer | None, values: list[Any]) -> None:
 
 
 async def _keep_dead_letters(
-    session: Any, sender: Producer, job_id: str, rejections: list[tuple[int, Rejection]]
+    state: HttpState, sender: Producer, job_id: str, rejections: list[tuple[int, Rejection]]
 ) -> None:
-    """Keep the invalid events of an authenticated producer as dead letters, as the ingest job would."""
+    """Keep the invalid events of an authenticated producer as dead letters, as the ingest job would.
+
+    The session is opened here, not taken as a dependency: most requests never need one.
+    """
     now = datetime.now(UTC)
     rows = [
         statements.dead_letter_row(r, index, job_id, f"http:{sender.name}", now) for index, r in rejections
     ]
-    await statements.insert_dead_letters(session, rows)
-    await session.commit()
+    async with state.db.sessionmaker() as session:
+        await statements.insert_dead_letters(session, rows)
+        await session.commit()
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-async def _received(
-    request: Request, body: bytes, state: HttpState, sender: Producer | None, session: Any
-) -> Received:
+async def _received(request: Request, body: bytes, state: HttpState, sender: Producer | None) -> Received:
     """The request's events, read in its content mode; an unreadable body from a producer is a dead letter."""
     try:
         received = read_request(request.headers.get("content-type"), request.headers.raw, body)
     except BindingError as exc:
         if sender is not None and exc.status == 400:
             unreadable = Rejection(body, "invalid", [{"loc": "", "msg": exc.detail, "type": "unreadable"}])
-            await _keep_dead_letters(session, sender, uuid.uuid4().hex, [(0, unreadable)])
+            await _keep_dead_letters(state, sender, uuid.uuid4().hex, [(0, unreadable)])
         kind = "unsupported-format" if exc.status == 415 else "unreadable-request"
         raise Problem(kind, exc.detail) from None
     limit = state.settings.http_max_batch_events
@@ -121,12 +123,12 @@ def _validated(values: list[Any], max_event_bytes: int) -> tuple[list[Any], list
     """The valid values, as received (the worker stores what was sent), and the rejections by index."""
     valid: list[Any] = []
     rejected: list[tuple[int, Rejection]] = []
-    for index, value in enumerate(values):
-        checked = validate_one(value, max_event_bytes, index)
-        if isinstance(checked, CloudEvent):
+    outcomes = validate_each(values, max_event_bytes, decoded=True)  # the binding's values are JSON
+    for index, (value, outcome) in enumerate(zip(values, outcomes, strict=True)):
+        if isinstance(outcome, CloudEvent):
             valid.append(value)
         else:
-            rejected.append((index, checked))
+            rejected.append((index, outcome))
     return valid, rejected
 
 
@@ -166,14 +168,12 @@ def _answer(
 @router.post(
     "/events", status_code=202, openapi_extra=openapi.EVENTS_REQUEST, responses=openapi.EVENTS_RESPONSES
 )
-async def post_events(
-    request: Request, state: StateDep, sender: ProducerDep, session: SessionDep
-) -> Response:
+async def post_events(request: Request, state: StateDep, sender: ProducerDep) -> Response:
     """Receive CloudEvents in binary, structured or batched mode; enqueue the valid ones."""
     settings = state.settings
     name = sender.name if sender else ANONYMOUS
     body = await read_body(request, settings.http_max_body_bytes, settings.http_body_timeout)
-    received = await _received(request, body, state, sender, session)
+    received = await _received(request, body, state, sender)
     _check_sources(sender, received.values)
     who = name if sender else f"address:{request_client(request, state.trusted_proxies)}"
     try:
@@ -186,7 +186,7 @@ async def post_events(
     if valid:
         job_id = await _enqueue(state, valid, job_id)
     if rejected and sender is not None:
-        await _keep_dead_letters(session, sender, job_id, rejected)
+        await _keep_dead_letters(state, sender, job_id, rejected)
     state.metrics.count_events(name, "enqueued", len(valid))
     state.metrics.count_events(name, "rejected", len(rejected))
     return _answer(received, job_id, len(valid), rejected, settings.max_event_bytes)

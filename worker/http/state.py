@@ -80,8 +80,9 @@ class HttpState:
         return status
 
 
-def http_state(request: Request) -> HttpState:
-    """The application's :class:`HttpState`."""
+async def http_state(request: Request) -> HttpState:
+    """The application's :class:`HttpState`. Every dependency here is ``async def``: FastAPI runs a plain
+    ``def`` one in a thread pool, a thread hop per request for a few attribute reads."""
     state: HttpState = request.app.state.http
     return state
 
