@@ -121,7 +121,12 @@ async def _wait_empty(redis_url: str, queue: str, jobs: int, wait_s: float) -> f
 
 
 def _worker(
-    db: BenchDatabase, options: IngestOptions, queue: str, log: Path, **settings: Any
+    db: BenchDatabase,
+    options: IngestOptions,
+    queue: str,
+    log: Path,
+    database_url: str | None = None,
+    **settings: Any,
 ) -> WorkerProcess:
     env = worker_env(
         db,
@@ -133,17 +138,28 @@ def _worker(
         health_check_interval=1,
         **settings,
     )
+    if database_url is not None:  # the same database by another way (through PgBouncer)
+        env["DATABASE_URL"] = database_url
     return WorkerProcess(env, log).start()
 
 
 async def one_end_to_end(
-    db: BenchDatabase, options: IngestOptions, batch_json: list[bytes], run: int
+    db: BenchDatabase,
+    options: IngestOptions,
+    batch_json: list[bytes],
+    run: int | str,
+    database_url: str | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
-    """One timed run: enqueue every batch, wait for the worker to finish them, check what was stored."""
+    """One timed run: enqueue every batch, wait for the worker to finish them, check what was stored.
+
+    ``database_url`` and ``settings`` (as ``EVENTWORKER_*``) change how the worker reaches ``db``.
+    """
     from worker.protocol.producer import EventProducer
 
     queue = f"{RUN_TAG}:ingest:{run}"
-    worker = _worker(db, options, queue, RESULTS / "logs" / f"ingest-worker-{run}.log")
+    log = RESULTS / "logs" / f"ingest-worker-{run}.log"
+    worker = _worker(db, options, queue, log, database_url, **settings)
     peak_rss = 0.0
     try:
         await worker.ready(options.redis_url, queue)
@@ -204,6 +220,45 @@ async def end_to_end(db: BenchDatabase, options: IngestOptions) -> dict[str, Any
         "ratio_to_executemany": round(seconds["raw executemany"] / seconds["eventworker"], 3),
         "runs_seconds": {way: [round(v, 3) for v in values] for way, values in runs.items()},
         "eventworker_runs": details,
+        "load": load(),
+    }
+
+
+# -- through a transaction pooler ----------------------------------------------------------------
+
+
+async def through_pooler(
+    db: BenchDatabase, options: IngestOptions, pooled_url: str, pool: int
+) -> dict[str, Any]:
+    """End to end through PgBouncer in transaction mode (``pooled_url``, with
+    ``EVENTWORKER_DB_POOLER=transaction``) against the same worker connecting directly, ``runs`` times
+    each way, alternating which goes first."""
+    batch_json = batches(options.events, options.batch_size, options.mix, seed=13, prefix=RUN_TAG)
+    expected = sum(len(r) for r in record_batches(batch_json))
+    runs: dict[str, list[float]] = {"direct": [], "pgbouncer": []}
+    details: dict[str, list[dict[str, Any]]] = {"direct": [], "pgbouncer": []}
+    for run in range(options.runs):
+        order = ["direct", "pgbouncer"] if run % 2 == 0 else ["pgbouncer", "direct"]
+        for way in order:
+            await db.empty()
+            pooled = {"database_url": pooled_url, "db_pooler": "transaction"} if way == "pgbouncer" else {}
+            outcome = await one_end_to_end(db, options, batch_json, f"{way}-{run}", **pooled)
+            if outcome["stored"] != expected:
+                raise AssertionError(f"{way}: stored {outcome['stored']} rows, expected {expected}")
+            runs[way].append(outcome["seconds"])
+            details[way].append(outcome)
+    seconds = {way: median(values) for way, values in runs.items()}
+    return {
+        "events": options.events,
+        "stored_rows": expected,
+        "batch_size": options.batch_size,
+        "max_jobs": options.max_jobs,
+        "server_connections": pool,
+        "median_seconds": {way: round(s, 3) for way, s in seconds.items()},
+        "events_per_s": {way: round(options.events / s) for way, s in seconds.items()},
+        "ratio_to_direct": round(seconds["direct"] / seconds["pgbouncer"], 3),
+        "runs_seconds": {way: [round(v, 3) for v in values] for way, values in runs.items()},
+        "runs": details,
         "load": load(),
     }
 

@@ -8,7 +8,8 @@
 Sections: ``ingest`` (end to end through Redis and a worker process, against asyncpg COPY and
 executemany; enqueue-to-commit latency at 1,000 events/s and at half the peak), ``job`` (the
 ingest job alone, part by part), ``export`` (``bench/export.py`` at 1M and 5M rows), ``report``
-(``bench/report.py``), ``overhead`` (no-op jobs against bare arq) and, only when asked with
+(``bench/report.py``), ``overhead`` (no-op jobs against bare arq), ``pgbouncer`` (end to end
+through PgBouncer in transaction mode against direct) and, only when asked with
 ``--soak SECONDS``, ``soak``. It prints one table and writes everything, with the load average
 before and after, to ``bench/results/suite.json`` (``--output``). Exit status 1 if a section failed.
 """
@@ -37,11 +38,12 @@ from typing import Any
 from bench import summary
 from bench.common import PG_URL, REDIS_URL, RESULTS, ROOT, bench_database, load
 from bench.events import Mix
-from bench.ingest import IngestOptions, end_to_end, job_parts, one_latency
+from bench.ingest import IngestOptions, end_to_end, job_parts, one_latency, through_pooler
 from bench.overhead import overhead
 from bench.soak import soak
+from tests.pgbouncer import PgBouncer  # the tests' own PgBouncer runner (Debian's pgbouncer package)
 
-SECTIONS = ("ingest", "job", "export", "report", "overhead")
+SECTIONS = ("ingest", "job", "export", "report", "overhead", "pgbouncer")
 #: (full, smoke) sizes.
 SIZES: dict[str, tuple[Any, Any]] = {
     "events": (1_000_000, 2_000),
@@ -54,7 +56,11 @@ SIZES: dict[str, tuple[Any, Any]] = {
     "report_rows": (200_000, 2_000),
     "report_runs": (9, 1),
     "noop_jobs": (3000, 100),
+    "pgbouncer_events": (300_000, 2_000),
 }
+#: PgBouncer's server connections in the ``pgbouncer`` section: as many as the worker opens at most
+#: directly (pool_size + max_overflow, 5 + 5), so that the figure is the cost of the pooler alone.
+PGBOUNCER_POOL = 10
 
 
 def size(args: argparse.Namespace, name: str) -> Any:
@@ -174,6 +180,19 @@ async def run_soak(args: argparse.Namespace) -> dict[str, Any]:
         await db.drop()
 
 
+async def run_pgbouncer(args: argparse.Namespace) -> dict[str, Any]:
+    """Section 7: ingestion end to end through PgBouncer (transaction mode) against direct, same run."""
+    events = args.events if args.events is not None else size(args, "pgbouncer_events")
+    options = replace(ingest_options(args), events=events)
+    db = await bench_database("pgbouncer", args.pg_url).create()
+    bouncer = PgBouncer(args.pg_url, pool_size=PGBOUNCER_POOL).start()
+    try:
+        return await through_pooler(db, options, bouncer.url(db.name), PGBOUNCER_POOL)
+    finally:
+        bouncer.stop()
+        await db.drop()
+
+
 RUNNERS = {
     "ingest": run_ingest,
     "job": run_job,
@@ -181,6 +200,7 @@ RUNNERS = {
     "report": run_report,
     "overhead": run_overhead,
     "soak": run_soak,
+    "pgbouncer": run_pgbouncer,
 }
 
 
@@ -239,7 +259,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--only", help=f"comma-separated sections: {', '.join(RUNNERS)}")
     parser.add_argument("--soak", type=float, metavar="SECONDS", help="add the soak, this long (e.g. 600)")
     parser.add_argument("--soak-rate", type=float, default=2000, help="events/s during the soak (2000)")
-    parser.add_argument("--events", type=int, help="events end to end (1000000; smoke 2000)")
+    parser.add_argument(
+        "--events", type=int, help="events end to end (1000000, pgbouncer 300000; smoke 2000)"
+    )
     parser.add_argument("--batch-size", type=int, help="events per ingest job (1000; smoke 200)")
     parser.add_argument("--runs", type=int, help="timed runs each way (3; smoke 1)")
     parser.add_argument("--max-jobs", type=int, default=10, help="worker max_jobs for ingestion (10)")

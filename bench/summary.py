@@ -182,6 +182,21 @@ def soak_rows(result: dict[str, Any]) -> list[Row]:
     ]
 
 
+def pgbouncer_rows(result: dict[str, Any]) -> list[Row]:
+    """Section 7: ingestion end to end through PgBouncer (transaction mode) against direct, same run."""
+    rates = result["events_per_s"]
+    return [
+        Row(
+            "7 pgbouncer",
+            f"end to end through PgBouncer (transaction mode, {result['server_connections']} server"
+            f" connections), {result['events']:,} events",
+            f"{rates['pgbouncer']:,} ev/s",
+            f"direct {rates['direct']:,} ev/s",
+            result["ratio_to_direct"],
+        )
+    ]
+
+
 ROWS = {
     "ingest": ingest_rows,
     "job": job_rows,
@@ -189,6 +204,7 @@ ROWS = {
     "report": report_rows,
     "overhead": overhead_rows,
     "soak": soak_rows,
+    "pgbouncer": pgbouncer_rows,
 }
 
 

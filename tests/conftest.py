@@ -3,7 +3,10 @@
 A test asking for ``settings`` (or ``database_url``) runs once per driver in
 :data:`BACKENDS`, each time on a fresh, migrated database: PostgreSQL copies of a
 migrated template (asyncpg, psycopg), MariaDB databases (aiomysql, asyncmy), a SQLite
-file (aiosqlite). ``pg_settings`` pins a test to PostgreSQL/asyncpg.
+file (aiosqlite). ``pg_settings`` pins a test to PostgreSQL/asyncpg. A module that defines
+its ``backend`` fixture over :data:`WITH_POOLER` also runs its tests through a PgBouncer in
+transaction mode (:data:`POOLED_BACKENDS`, the session's ``pgbouncer``), with
+``EVENTWORKER_DB_POOLER=transaction``.
 
 Integration and e2e tests use the real servers on loopback. A server that is down
 makes the tests that need it error out loudly; nothing is skipped. Override the
@@ -22,6 +25,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 import structlog
+from pgbouncer import PgBouncer
 from pgcluster import replication, tls_cluster  # noqa: F401 - fixtures of the tests' own PostgreSQL clusters
 from redis_servers import sentinel_group, sentinel_group_of_the_run  # noqa: F401 - the tests' own Redis
 from sqlalchemy.engine import make_url
@@ -38,6 +42,10 @@ REDIS_URL = os.environ.get("EVENTWORKER_TEST_REDIS_URL", "redis://127.0.0.1:6379
 #: Every async driver eventworker supports, as the driver part of the SQLAlchemy URL.
 BACKENDS = ("asyncpg", "psycopg", "aiomysql", "asyncmy", "aiosqlite")
 SERVER_BACKENDS = ("asyncpg", "psycopg", "aiomysql", "asyncmy")
+#: The PostgreSQL drivers through a PgBouncer in transaction mode: extra backends for the tests of
+#: ingestion, exports, rollups and handlers (their modules' ``backend`` runs over :data:`WITH_POOLER`).
+POOLED_BACKENDS = ("asyncpg via pgbouncer", "psycopg via pgbouncer")
+WITH_POOLER = (*BACKENDS, *POOLED_BACKENDS)
 
 
 def _dsn(database: str) -> str:
@@ -169,12 +177,33 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(scope="session")
+def pgbouncer() -> Iterator[PgBouncer]:
+    """A PgBouncer of this session in front of the test server: transaction pooling, 4 server connections
+    per database (as the issue's set-up), started when a test first asks for it."""
+    bouncer = PgBouncer(PG_URL, pool_size=4).start()
+    yield bouncer
+    bouncer.stop()
+
+
+def pooler(backend: str) -> str:
+    """``EVENTWORKER_DB_POOLER`` for ``backend``."""
+    return "transaction" if backend in POOLED_BACKENDS else "none"
+
+
 @pytest.fixture
-async def database_url(backend: str, pg_template: str, tmp_path) -> AsyncIterator[str]:
+async def database_url(
+    backend: str, pg_template: str, tmp_path, request: pytest.FixtureRequest
+) -> AsyncIterator[str]:
     """Async URL of a fresh database at the head revision, on ``backend``; dropped afterwards."""
     if backend in {"asyncpg", "psycopg"}:
         name = await _fresh_database(pg_template)
         yield pg_database_url(name, driver=backend)
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    elif backend in POOLED_BACKENDS:
+        bouncer: PgBouncer = request.getfixturevalue("pgbouncer")  # started only for the tests using it
+        name = await _fresh_database(pg_template)
+        yield bouncer.url(name, driver=backend.split()[0])
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     elif backend in {"aiomysql", "asyncmy"}:
         name = f"ew_test_{uuid.uuid4().hex[:12]}"
@@ -199,11 +228,12 @@ def unreachable_url(backend: str, database_url: str, tmp_path) -> str:
     return make_url(database_url).set(port=1).render_as_string(hide_password=False)
 
 
-def _test_settings(database_url: str, redis_url: str, queue_name: str) -> Settings:
+def _test_settings(database_url: str, redis_url: str, queue_name: str, db_pooler: str = "none") -> Settings:
     return load_settings(
         database_url=database_url,
         redis_url=redis_url,
         queue_name=queue_name,
+        db_pooler=db_pooler,
         poll_delay=0.01,
         retry_base_delay=0.05,
         retry_max_delay=0.2,
@@ -213,9 +243,9 @@ def _test_settings(database_url: str, redis_url: str, queue_name: str) -> Settin
 
 
 @pytest.fixture
-def settings(database_url: str, redis_url: str, queue_name: str) -> Settings:
+def settings(database_url: str, redis_url: str, queue_name: str, backend: str) -> Settings:
     """Settings on this test's database (each driver in turn), Redis and own queue, tuned for quick tests."""
-    return _test_settings(database_url, redis_url, queue_name)
+    return _test_settings(database_url, redis_url, queue_name, pooler(backend))
 
 
 @pytest.fixture

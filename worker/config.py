@@ -219,6 +219,12 @@ class Settings(BaseSettings):
     db_pool_pre_ping: bool = Field(
         True, description="Test a pooled connection before use (survives restarts)."
     )
+    db_pooler: Literal["none", "transaction", "session"] = Field(
+        "none",
+        description="What sits between the workers and PostgreSQL: none; transaction (PgBouncer's"
+        " pool_mode=transaction, Supabase's or RDS Proxy's pooler: no prepared statement or temporary table"
+        " outlives a transaction); session (a session pooler: works as a direct connection).",
+    )
     application_name: str | None = Field(
         None, description="Name tagging every database connection; default eventworker:<host>:<pid>."
     )

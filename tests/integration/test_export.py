@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import CliRunner
+from conftest import WITH_POOLER
 from sqlalchemy import event as sa_event
 from sqlalchemy import select, text
 from structlog.testing import capture_logs
@@ -34,6 +35,13 @@ from worker.protocol.events import CloudEvent
 from worker.runtime.context import WorkerContext
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=WITH_POOLER)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every driver, and asyncpg and psycopg through PgBouncer in transaction mode too."""
+    return str(request.param)
+
 
 RECEIVED = datetime(2026, 2, 1, 12, 0, tzinfo=UTC)
 START = datetime(2026, 1, 1, tzinfo=UTC)

@@ -12,6 +12,7 @@ from typing import Any, cast
 import pytest
 from arq.cron import cron
 from click.testing import CliRunner
+from conftest import WITH_POOLER
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -30,6 +31,13 @@ from worker.errors import JobFailed
 from worker.runtime.context import WorkerContext
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=WITH_POOLER)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every driver, and asyncpg and psycopg through PgBouncer in transaction mode too."""
+    return str(request.param)
+
 
 ORDER = "com.example.order.created"
 #: The repository root, where ``examples`` lives.
@@ -174,6 +182,7 @@ async def test_failed_runs_are_listed_and_retry_re_drives_them(registry, setting
     assert (run.status, run.tries) == ("failed", settings.max_tries)
 
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("EVENTWORKER_DB_POOLER", settings.db_pooler)
     monkeypatch.setenv("REDIS_URL", settings.redis_url)
     monkeypatch.setenv("EVENTWORKER_QUEUE_NAME", settings.queue_name)
     runner = CliRunner()

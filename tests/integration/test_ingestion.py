@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from conftest import WITH_POOLER
 from sqlalchemy import select
 from support import count, enqueue, event, job_ctx, put_raw_job, results, run_worker, unique_source
 
@@ -16,6 +17,12 @@ from worker.db.engine import Database
 from worker.db.models import DeadLetter, Event
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=WITH_POOLER)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every driver, and asyncpg and psycopg through PgBouncer in transaction mode too."""
+    return str(request.param)
 
 
 async def test_batches_are_stored_once_and_counted(settings, db):

@@ -15,6 +15,7 @@ from typing import Any
 import arq
 import pytest
 from click.testing import CliRunner
+from conftest import WITH_POOLER
 from sqlalchemy import func, select, text
 from support import event, unique_source
 
@@ -30,6 +31,13 @@ from worker.protocol.events import validate_batch
 from worker.runtime.context import WorkerContext
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=WITH_POOLER)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every driver, and asyncpg and psycopg through PgBouncer in transaction mode too."""
+    return str(request.param)
+
 
 #: Types that differ only by case or a trailing space: separate series on every database.
 TYPES = ("com.example.A", "com.example.a", "com.example.a ")
@@ -320,6 +328,7 @@ async def test_the_rollups_commands_update_verify_and_rebuild(rollup_settings, d
 
     await ingest(rollup_settings, db, sample(0, unique_source()))
     monkeypatch.setenv("DATABASE_URL", rollup_settings.database_url)
+    monkeypatch.setenv("EVENTWORKER_DB_POOLER", rollup_settings.db_pooler)
     monkeypatch.setenv("REDIS_URL", rollup_settings.redis_url)
     monkeypatch.setenv("EVENTWORKER_ROLLUP_SETTLE_SECONDS", "0")
     runner = CliRunner()

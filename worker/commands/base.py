@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from worker.config import Settings, load_settings, unknown_variables
 from worker.db.engine import Database
-from worker.db.failures import is_undefined_object
+from worker.db.failures import is_undefined_object, unannounced_pooler
 from worker.db.replica import ReadRouter
 from worker.errors import ConfigError, EventWorkerError
 from worker.logging import configure_logging, redact_text
@@ -66,7 +66,9 @@ def run_or_exit(coroutine: Awaitable[T], settings: Settings) -> T:
     except EventWorkerError as exc:
         message = str(exc)
     except SERVER_ERRORS as exc:
-        message = schema_message(settings, exc) or error_line(exc)
+        # asyncpg's own clash, unwrapped (the export's COPY); SQLAlchemy's engine raises it named already.
+        pooler = unannounced_pooler(exc)
+        message = str(pooler) if pooler else schema_message(settings, exc) or error_line(exc)
     click.echo(f"eventworker: {redact_text(message, settings.secrets())}", err=True)
     raise SystemExit(1)
 

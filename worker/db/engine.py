@@ -26,7 +26,7 @@ from worker.config import Settings
 from worker.constants import MAX_APPLICATION_NAME
 from worker.db import statements
 from worker.db.connect import driver_options, explain_refusals
-from worker.db.failures import is_asyncpg_out_of_step
+from worker.db.failures import is_asyncpg_out_of_step, unannounced_pooler
 from worker.errors import ConfigError
 from worker.protocol.serialization import deserialize
 
@@ -56,6 +56,39 @@ def _connect_args(driver: str, settings: Settings) -> dict[str, Any]:
     if driver == "aiosqlite":
         return {"timeout": settings.sqlite_busy_timeout_ms / 1000}
     return {}
+
+
+def _pooler_connect_args(driver: str, pooler: str) -> dict[str, Any]:
+    """Connection arguments a driver needs behind a transaction pooler: no prepared statement kept.
+
+    asyncpg: no statement cache (its FAQ's PgBouncer recipe). Every statement it prepares is then
+    unnamed, SQLAlchemy's too (``prepare()`` without a name), and parsed again with each
+    execution in the same round trip: nothing is left on the server connection for the next
+    client to meet, and nothing piles up there. (SQLAlchemy's recipe, unique names through
+    ``prepared_statement_name_func``, would leave a statement behind per execution until
+    PgBouncer discarded them; asyncpg's default names, ``__asyncpg_stmt_<n>__`` counted from 1 in
+    every process, clash with another client's on the same server connection.) SQLAlchemy may keep
+    caching what a statement's Describe said. psycopg: never prepare (``prepare_threshold=None``).
+    """
+    if pooler != "transaction":
+        return {}
+    if driver == "asyncpg":
+        return {"statement_cache_size": 0}
+    if driver in {"psycopg", "psycopg_async"}:
+        return {"prepare_threshold": None}
+    return {}
+
+
+def _pooler_unannounced(context: ExceptionContext) -> None:
+    """Raise a prepared-statement clash as one line naming EVENTWORKER_DB_POOLER.
+
+    eventworker never names a statement itself: a statement of this client that already exists,
+    or one that vanished, means another client's statements share the server connection, i.e.
+    a transaction pooler the settings do not know about (:func:`~worker.db.failures.pooler_mismatch`).
+    """
+    error = unannounced_pooler(context.original_exception)
+    if error is not None:
+        raise error from None
 
 
 def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
@@ -95,7 +128,11 @@ def make_engine(settings: Settings, *, replica: bool = False) -> AsyncEngine:
         options.url,
         pool_pre_ping=settings.db_pool_pre_ping,
         hide_parameters=True,  # errors must not carry event payloads (or anything secret) into logs
-        connect_args={**_connect_args(driver, settings), **options.connect_args},
+        connect_args={
+            **_connect_args(driver, settings),
+            **_pooler_connect_args(driver, settings.db_pooler),
+            **options.connect_args,
+        },
         json_serializer=_json_dumps,
         json_deserializer=deserialize,  # exact integers beyond 64 bits (orjson reads them as floats)
         **pool_args,
@@ -105,9 +142,11 @@ def make_engine(settings: Settings, *, replica: bool = False) -> AsyncEngine:
     if driver == "aiosqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas(settings.sqlite_busy_timeout_ms))
     if driver == "asyncpg":
-        if not replica:  # the ingest job's COPY staging table, made once per connection
+        if settings.db_pooler != "transaction" and not replica:  # the ingest COPY's staging table
             event.listen(engine.sync_engine, "connect", statements.create_stage)
         event.listen(engine.sync_engine, "handle_error", _asyncpg_out_of_step_is_a_disconnect)
+    if url.get_backend_name() == "postgresql" and settings.db_pooler != "transaction":
+        event.listen(engine.sync_engine, "handle_error", _pooler_unannounced)
     return engine
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncpg
 from sqlalchemy import exc as sa_exc
 
-from worker.errors import DatabaseUnavailable
+from worker.errors import ConfigError, DatabaseUnavailable
 
 #: PostgreSQL SQLSTATEs: unique violation; and those that mean "connection gone or refused".
 _PG_UNIQUE = "23505"
@@ -153,6 +153,39 @@ def is_undefined_object(exc: BaseException) -> bool:
         return errno in _MYSQL_UNDEFINED
     message = str(driver).lower()
     return any(text in message for text in _SQLITE_UNDEFINED)
+
+
+#: PostgreSQL SQLSTATEs of a prepared statement that already exists (duplicate_prepared_statement) or
+#: does not (invalid_sql_statement_name).
+_PG_PREPARED_STATEMENT_CLASH = frozenset({"42P05", "26000"})
+
+
+def pooler_mismatch(exc: BaseException) -> str | None:
+    """The server's message when ``exc`` is a prepared statement that exists already, or no longer.
+
+    eventworker names no statement itself; its drivers do (asyncpg ``__asyncpg_stmt_<n>__``,
+    counting per process, psycopg ``_pg3_<n>``, per connection). Such a clash means the server
+    connection is shared with other clients between transactions: a transaction pooler
+    (PgBouncer's ``pool_mode = transaction``) that the settings do not announce. None for
+    anything else.
+    """
+    driver = _driver_exception(exc)
+    if _sqlstate(driver) not in _PG_PREPARED_STATEMENT_CLASH or "prepared statement" not in str(driver):
+        return None
+    return str(driver).strip().splitlines()[0]
+
+
+def unannounced_pooler(exc: BaseException) -> ConfigError | None:
+    """The one-line error naming ``EVENTWORKER_DB_POOLER`` when ``exc`` is :func:`pooler_mismatch`'s."""
+    problem = pooler_mismatch(exc)
+    if problem is None:
+        return None
+    return ConfigError(
+        "EVENTWORKER_DB_POOLER",
+        f"the server says {problem!r}: DATABASE_URL reaches PostgreSQL through a transaction pooler"
+        " (PgBouncer's pool_mode=transaction, a cloud provider's pooler);"
+        " set EVENTWORKER_DB_POOLER=transaction",
+    )
 
 
 #: PostgreSQL SQLSTATE: a REPEATABLE READ transaction met a row changed after its snapshot.

@@ -42,12 +42,17 @@ _STAGE_COLUMNS = (*_PLAIN_COLUMNS, *_JSON_COLUMNS)
 #: JSON is staged as its UTF-8 bytes, as orjson writes them: COPY sends bytes as they are
 #: (``jsonb`` would cost a Python call per value, ``text`` a decode and an encode), and the
 #: server parses each value once either way, in the INSERT rather than in the COPY.
-_STAGE_DDL = (
+_STAGE_TABLE = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (source text, event_id text, type text,"
     " specversion text, time timestamptz, subject text, datacontenttype text, dataschema text,"
-    " data_base64 text, data bytea, extensions bytea) ON COMMIT DELETE ROWS"
+    " data_base64 text, data bytea, extensions bytea)"
 )
+#: The connection's staging table (:func:`create_stage`), emptied at every commit or rollback.
+_STAGE_DDL = f"{_STAGE_TABLE} ON COMMIT DELETE ROWS"
 _ENSURE_STAGE = text(_STAGE_DDL)
+#: The transaction's own staging table, behind a transaction pooler: the next transaction of the same
+#: client connection may run on another server connection, and one of another client on this one.
+_STAGE_FOR_TRANSACTION = text(f"{_STAGE_TABLE} ON COMMIT DROP")
 
 
 def _staged_value(column: str) -> str:
@@ -108,7 +113,8 @@ def create_stage(dbapi_connection: Any, connection_record: ConnectionPoolEntry) 
 
     Made once per connection, outside any job's transaction (so a job that rolls back cannot
     take it away), where per job it cost a statement and a round trip. It empties itself at
-    every commit or rollback.
+    every commit or rollback. Not behind a transaction pooler, where a server connection is
+    no client's for longer than a transaction (:data:`_STAGE_FOR_TRANSACTION`).
     """
     cursor = dbapi_connection.cursor()
     cursor.execute(_STAGE_DDL)
@@ -118,20 +124,22 @@ def create_stage(dbapi_connection: Any, connection_record: ConnectionPoolEntry) 
 
 
 async def _copy_events(session: AsyncSession, rows: Sequence[EventRow]) -> int:
-    """asyncpg: COPY the batch into the connection's temporary table, then one INSERT … SELECT.
+    """asyncpg: COPY the batch into a temporary table, then one INSERT … SELECT.
 
     COPY moves rows in PostgreSQL's binary format, several times faster than a multi-row
     INSERT; the INSERT … ON CONFLICT DO NOTHING keeps storage idempotent and its status
     line counts the new rows. The COPY goes straight to the driver, in the transaction the
-    session has begun; the staging table is the connection's (:func:`create_stage`).
+    session has begun. The staging table is the connection's (:func:`create_stage`), or,
+    on an engine made without it (behind a transaction pooler), the transaction's own.
     """
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     driver = raw.driver_connection
     assert driver is not None  # a checked-out connection always has its driver connection
-    if not (raw.info.get(_STAGED) and driver.is_in_transaction()):
-        # SQLAlchemy sends BEGIN with the first statement, which the COPY (to the driver) is not;
-        # the table is there already, unless the engine was made without create_stage.
+    if not raw.info.get(_STAGED):
+        await session.execute(_STAGE_FOR_TRANSACTION)
+    elif not driver.is_in_transaction():
+        # SQLAlchemy sends BEGIN with the first statement, which the COPY (to the driver) is not.
         await session.execute(_ENSURE_STAGE)
     await driver.copy_records_to_table(_STAGE, records=_records(rows), columns=_STAGE_COLUMNS)
     first = rows[0]
