@@ -23,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -207,11 +208,18 @@ class PgCluster:
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.write(lines)
 
-    def replica(self, *, settings: Mapping[str, str] | None = None, start: bool = True) -> PgCluster:
+    def replica(
+        self,
+        *,
+        settings: Mapping[str, str] | None = None,
+        start: bool = True,
+        through_port: int | None = None,
+    ) -> PgCluster:
         """A streaming replica of this (running) cluster: ``pg_basebackup -R`` into a new cluster.
 
         ``-R`` writes ``standby.signal`` and the ``primary_conninfo`` back to this cluster; the copy
         of ``postgresql.conf`` gets the replica's own port and socket directory, then ``settings``.
+        ``through_port``: the replica streams from this port instead (a :class:`DelayProxy` to the primary).
         """
         replica = PgCluster(_owned_directory("ew-pg-replica-"), free_port(), self.certificates)
         source = ["-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-c", "fast"]
@@ -228,6 +236,9 @@ class PgCluster:
             ]
         )
         replica.configure({**replica._local_settings(), **(settings or {})})
+        if through_port is not None:  # -R wrote primary_conninfo to postgresql.auto.conf, read last
+            with (replica.data / "postgresql.auto.conf").open("a") as auto:
+                auto.write(f"primary_conninfo = 'host=127.0.0.1 port={through_port} user=postgres'\n")
         if start:
             replica.start()
         return replica
@@ -324,6 +335,90 @@ class PgCluster:
                 return
             assert time.monotonic() < deadline, f"replica still {behind} bytes behind after {within}s"
             await asyncio.sleep(0.05)
+
+
+class DelayProxy:
+    """A TCP proxy on loopback that holds every byte for ``delay_s`` each way: a replica in another zone.
+
+    Streaming replication through it lags the primary by the delay, as over a real network.
+    :meth:`cut` is the network failing with the primary's machine: the bytes in flight never arrive,
+    so what the primary committed in the last ``delay_s`` has not reached the replica. Runs its own
+    event loop in a thread; :meth:`close` stops it.
+    """
+
+    def __init__(self, upstream_port: int, delay_s: float) -> None:
+        self.upstream_port = upstream_port
+        self.delay_s = delay_s
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._cut = False
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="delay-proxy", daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10), "the delay proxy did not start"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", self.port))
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+            self._loop.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self._cut:
+                raise ConnectionRefusedError
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _pipe(self, source: asyncio.StreamReader, target: asyncio.StreamWriter) -> None:
+        """Forward what ``source`` sends, each piece ``delay_s`` after it came, in order."""
+        pieces: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def forward() -> None:
+            while True:
+                due, data = await pieces.get()
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                if not data or self._cut:
+                    break
+                target.write(data)
+                await target.drain()
+
+        forwarding = asyncio.ensure_future(forward())
+        try:
+            while data := await source.read(65536):
+                pieces.put_nowait((time.monotonic() + self.delay_s, data))
+        except OSError:
+            pass
+        pieces.put_nowait((time.monotonic() + self.delay_s, b""))
+        try:
+            await forwarding
+        except OSError:
+            pass
+        finally:
+            target.close()
+
+    def cut(self) -> None:
+        """Drop every connection and every byte in flight at once, and refuse new connections."""
+
+        async def cut_now() -> None:
+            self._cut = True
+            for writer in self._writers:
+                writer.transport.abort()
+
+        asyncio.run_coroutine_threadsafe(cut_now(), self._loop).result(10)
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
 
 
 # --- fixtures (tests/conftest.py imports them) ---------------------------------------------------

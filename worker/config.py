@@ -116,7 +116,7 @@ def normalize_database_url(raw: str, setting: str = "DATABASE_URL") -> str:
     :mod:`worker.db.connect`).
     """
     try:
-        url = make_url(raw)
+        url = make_url(_libpq_hosts(raw, setting))
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise ConfigError(setting, "is not a database URL (expected e.g. postgresql://host/db)") from None
     name = url.drivername
@@ -141,6 +141,40 @@ def normalize_database_url(raw: str, setting: str = "DATABASE_URL") -> str:
     if url.get_backend_name() == "postgresql":
         _check_tls_parameters(url, setting)
     return url.render_as_string(hide_password=False)
+
+
+#: libpq's URL: ``scheme://[user[:password]@]hosts[/database][?query]``, ``hosts`` comma-separated.
+_LIBPQ_URL = re.compile(
+    r"(?P<scheme>[\w+]+)://(?:(?P<userinfo>[^:/@]*(?::[^@]*)?)@)?(?P<hosts>[^/?]*)(?P<rest>[/?].*)?",
+    re.DOTALL,
+)
+#: libpq's default port, which it gives each host listed without one.
+PG_DEFAULT_PORT = 5432
+
+
+def _libpq_hosts(raw: str, setting: str) -> str:
+    """libpq's multi-host URL (``postgresql://u@h1:5432,h2:5433/db?...``, as providers hand them out),
+    which SQLAlchemy's parser refuses, in SQLAlchemy's form (``postgresql://u@/db?host=h1:5432&host=...``).
+
+    A host without a port gets libpq's 5432 (SQLAlchemy's asyncpg dialect wants every port); any other
+    URL is returned as it is.
+    """
+    match = _LIBPQ_URL.fullmatch(raw)
+    if match is None or "," not in match["hosts"]:
+        return raw
+    rest = match["rest"] or ""
+    path, _, query = rest.partition("?")
+    if re.search(r"(^|&)host=", query):
+        raise ConfigError(setting, "give the hosts in the URL's host part or as host= parameters, not both")
+    hosts = []
+    for entry in match["hosts"].split(","):
+        host, colon, port = entry.rpartition(":") if ":" in entry else (entry, "", "")
+        if not host or "[" in entry or (colon and not port.isdigit()):
+            problem = f"{entry!r} in the host list is not host or host:port (IPv6: use a name)"
+            raise ConfigError(setting, problem)
+        hosts.append(f"host={host}:{port or PG_DEFAULT_PORT}")
+    userinfo = f"{match['userinfo']}@" if match["userinfo"] is not None else ""
+    return f"{match['scheme']}://{userinfo}{path or '/'}?" + "&".join([*hosts, *filter(None, [query])])
 
 
 def _check_tls_parameters(url: URL, setting: str) -> None:
@@ -218,6 +252,12 @@ class Settings(BaseSettings):
     )
     db_pool_pre_ping: bool = Field(
         True, description="Test a pooled connection before use (survives restarts)."
+    )
+    db_connect_timeout: PositiveFloat = Field(
+        5.0,
+        description="Seconds a new database connection may take, per host of a multi-host URL, before that"
+        " host is given up (a host that drops packets instead of refusing); asyncpg's own default is 60 s."
+        " psycopg counts whole seconds, at least 2. A connect_timeout in the URL wins.",
     )
     db_pooler: Literal["none", "transaction", "session"] = Field(
         "none",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -42,20 +44,21 @@ def test_asyncpg_gets_the_tls_parameters_in_a_dsn_of_their_own(tmp_path):
     url = make_url(
         normalize_database_url(f"postgres://u:pw@db.example.com/app?sslmode=verify-full&sslrootcert={ca}")
     )
-    options = driver_options(url)
+    options = driver_options(url, 5.0)
     assert dict(options.url.query) == {}
     assert options.url.host == "db.example.com"
     assert options.connect_args == {
-        "dsn": f"postgresql://?sslmode=verify-full&sslrootcert={str(ca).replace('/', '%2F')}"
+        "dsn": f"postgresql://?sslmode=verify-full&sslrootcert={str(ca).replace('/', '%2F')}",
+        "timeout": 5.0,
     }
 
 
 def test_psycopg_keeps_the_tls_parameters_for_libpq():
     """psycopg passes the URL's query to libpq, which knows every TLS parameter: nothing moves."""
     url = make_url(normalize_database_url("postgresql+psycopg://u@h/app?sslmode=require"))
-    options = driver_options(url)
+    options = driver_options(url, 5.0)
     assert options.url is url
-    assert options.connect_args == {}
+    assert options.connect_args == {"connect_timeout": 5}
 
 
 def test_an_error_names_the_variable_the_url_came_from(monkeypatch):
@@ -98,3 +101,57 @@ def test_a_bad_read_url_names_database_read_url(monkeypatch, value, problem):
     with pytest.raises(ConfigError, match=problem) as caught:
         load_settings()
     assert caught.value.setting == "DATABASE_READ_URL"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            "postgresql://u:pw@h1:5432,h2:5433/app?target_session_attrs=read-write",
+            "postgresql+asyncpg://u:pw@/app?host=h1:5432&host=h2:5433&target_session_attrs=read-write",
+        ),
+        ("postgres://db-a,db-b:6432/app", "postgresql+asyncpg:///app?host=db-a:5432&host=db-b:6432"),
+        (
+            "postgresql+psycopg://u:p%40ss@a.example.com:5432,b.example.com:5433/app?sslmode=require",
+            "postgresql+psycopg://u:p%40ss@/app?host=a.example.com:5432&host=b.example.com:5433&sslmode=require",
+        ),
+        (  # SQLAlchemy's own form passes as it is
+            "postgresql+asyncpg://user@/app?host=h1:5432&host=h2:5433&target_session_attrs=read-write",
+            "postgresql+asyncpg://user@/app?host=h1:5432&host=h2:5433&target_session_attrs=read-write",
+        ),
+    ],
+)
+def test_libpq_multi_host_urls_become_sqlalchemys_form(raw, expected):
+    """``h1:p1,h2:p2`` in the host part, which SQLAlchemy's parser refuses, becomes SQLAlchemy's
+    ``?host=h1:p1&host=h2:p2``; a host without a port gets libpq's 5432."""
+    assert normalize_database_url(raw).replace("%3A", ":") == expected
+    hosts = make_url(normalize_database_url(raw)).query["host"]
+    assert isinstance(hosts, tuple)
+    assert len(hosts) == 2
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ("postgresql://h1,h2/app?host=h3", "in the URL's host part or as host= parameters, not both"),
+        ("postgresql://h1,[::1]:5432/app", "is not host or host:port"),
+        ("postgresql://h1,h2:port/app", "'h2:port' in the host list is not host or host:port"),
+    ],
+)
+def test_a_bad_host_list_is_a_config_error(raw, problem):
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        normalize_database_url(raw)
+
+
+def test_the_connect_timeout_reaches_each_driver_in_its_own_form():
+    """asyncpg's ``timeout`` in seconds; libpq's ``connect_timeout`` in whole seconds, at least 2; the
+    URL's own ``connect_timeout`` wins over the setting."""
+    asyncpg_url = make_url("postgresql+asyncpg://h/app")
+    assert driver_options(asyncpg_url, 1.5).connect_args == {"timeout": 1.5}
+    from_url = driver_options(make_url("postgresql+asyncpg://h/app?connect_timeout=7"), 1.5)
+    assert from_url.connect_args == {"timeout": 7.0}
+    assert "connect_timeout" not in from_url.url.query  # asyncpg would refuse it as a keyword
+    assert driver_options(make_url("postgresql+psycopg://h/app"), 1.5).connect_args == {"connect_timeout": 2}
+    assert driver_options(make_url("postgresql+psycopg://h/app"), 7.2).connect_args == {"connect_timeout": 8}
+    assert driver_options(make_url("postgresql+psycopg://h/app?connect_timeout=9"), 1.5).connect_args == {}
+    assert driver_options(make_url("mysql+aiomysql://h/app"), 1.5).connect_args == {}

@@ -25,7 +25,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from worker.config import Settings
 from worker.constants import MAX_APPLICATION_NAME
 from worker.db import statements
-from worker.db.connect import driver_options, explain_refusals
+from worker.db.connect import driver_options, watch_connects
 from worker.db.failures import is_asyncpg_out_of_step, unannounced_pooler
 from worker.errors import ConfigError
 from worker.protocol.serialization import deserialize
@@ -116,7 +116,7 @@ def make_engine(settings: Settings, *, replica: bool = False) -> AsyncEngine:
         raise ConfigError(setting, "is not set")
     url = make_url(configured)
     driver = url.get_driver_name()
-    options = driver_options(url)  # libpq's TLS parameters, in the form asyncpg takes them
+    options = driver_options(url, settings.db_connect_timeout)  # TLS parameters and timeout, per driver
     pool_args: dict[str, Any] = {
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_max_overflow,
@@ -138,7 +138,7 @@ def make_engine(settings: Settings, *, replica: bool = False) -> AsyncEngine:
         **pool_args,
     )
     if url.get_backend_name() == "postgresql":
-        explain_refusals(engine, url, setting)
+        watch_connects(engine, url, setting)
     if driver == "aiosqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas(settings.sqlite_busy_timeout_ms))
     if driver == "asyncpg":
