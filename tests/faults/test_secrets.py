@@ -88,3 +88,53 @@ async def test_passwords_never_leak(rig, fault_report):
         note=f"{len(rig.outputs)} command outputs and {len(rig.workers)} worker logs (2 refused to start)"
         " scanned with Redis values and stored rows: no password anywhere",
     )
+
+
+WRONG_SENTINEL_PASSWORD = "wrongSentinel-pw-2e7"
+
+
+async def test_passwords_in_sentinel_urls_never_leak(rig, sentinel_group, fault_report):
+    """A Sentinel URL holds two passwords (the nodes' and sentinel_password): refused connections either
+    way, a failover under a working worker, and every command show neither."""
+    rig.redis_url = sentinel_group.url()
+    rig.secrets += [*sentinel_group.secrets, WRONG_SENTINEL_PASSWORD, WRONG_REDIS_PASSWORD]
+    wrong_sentinel = rig.redis_url.replace(sentinel_group.secrets[1], WRONG_SENTINEL_PASSWORD)
+    wrong_node = rig.redis_url.replace(sentinel_group.secrets[0], WRONG_REDIS_PASSWORD)
+    quick = {"EVENTWORKER_REDIS_RETRY_WINDOW": "1"}
+    refused = [
+        WorkerProcess(rig.env(REDIS_URL=wrong_sentinel, **quick), rig.tmp / "wrong-sentinel.log"),
+        WorkerProcess(rig.env(REDIS_URL=wrong_node, **quick), rig.tmp / "wrong-node.log"),
+    ]
+    rig.workers += refused
+    for process in refused:
+        assert await exit_code(process, within=60, failure="the worker did not give up") != 0
+
+    worker = await rig.start_worker()
+    db = rig.db()
+    ledger = Ledger()
+    async with rig.producer(retries=12) as producer:
+        batch = ledger.batch(200, invalid=True)
+        ledger.confirm(await producer.emit_batch(batch), batch)
+        old = sentinel_group.kill_primary()  # reconnects, retries and their log lines
+        await asyncio.to_thread(sentinel_group.wait_promoted, old)
+        batch = ledger.batch(200, invalid=True)
+        ledger.confirm(await producer.emit_batch(batch), batch)
+    storage = await wait_stored(db, ledger, within=60)
+    assert storage.lost == []
+    shown = rig.cli("config")
+    assert "sentinel_password=***" in shown.stdout
+    for args in (("status",), ("check",), ("failed", "list", "--json"), ("dead-letters", "--json")):
+        rig.cli(*args)
+    for url in (wrong_sentinel, wrong_node):
+        assert rig.cli("enqueue", "-", stdin=b'{"specversion": "1.0"}\n', REDIS_URL=url).returncode == 1
+        rig.cli("status", REDIS_URL=url)
+    assert worker.process.poll() is None
+    await asyncio.to_thread(sentinel_group.heal)
+    fault_report.record(
+        "passwords in Sentinel URLs (node and sentinel passwords)",
+        ledger,
+        storage,
+        recovery_s=None,
+        note=f"{len(rig.outputs)} command outputs and {len(rig.workers)} worker logs (2 refused, 1 through"
+        " a failover) scanned: neither password anywhere",
+    )
