@@ -9,7 +9,9 @@ Sections: ``ingest`` (end to end through Redis and a worker process, against asy
 executemany; enqueue-to-commit latency at 1,000 events/s and at half the peak), ``job`` (the
 ingest job alone, part by part), ``export`` (``bench/export.py`` at 1M and 5M rows), ``report``
 (``bench/report.py``), ``overhead`` (no-op jobs against bare arq), ``pgbouncer`` (end to end
-through PgBouncer in transaction mode against direct) and, only when asked with
+through PgBouncer in transaction mode against direct), ``durability`` (enqueue rate and end to end
+with ``durability="replicated"`` against the default, on a Sentinel group of its own) and, only when
+asked with
 ``--soak SECONDS``, ``soak``. It prints one table and writes everything, with the load average
 before and after, to ``bench/results/suite.json`` (``--output``). Exit status 1 if a section failed.
 """
@@ -37,13 +39,14 @@ from typing import Any
 
 from bench import summary
 from bench.common import PG_URL, REDIS_URL, RESULTS, ROOT, bench_database, load
+from bench.durability import durability
 from bench.events import Mix
 from bench.ingest import IngestOptions, end_to_end, job_parts, one_latency, through_pooler
 from bench.overhead import overhead
 from bench.soak import soak
 from tests.pgbouncer import PgBouncer  # the tests' own PgBouncer runner (Debian's pgbouncer package)
 
-SECTIONS = ("ingest", "job", "export", "report", "overhead", "pgbouncer")
+SECTIONS = ("ingest", "job", "export", "report", "overhead", "pgbouncer", "durability")
 #: (full, smoke) sizes.
 SIZES: dict[str, tuple[Any, Any]] = {
     "events": (1_000_000, 2_000),
@@ -57,6 +60,7 @@ SIZES: dict[str, tuple[Any, Any]] = {
     "report_runs": (9, 1),
     "noop_jobs": (3000, 100),
     "pgbouncer_events": (300_000, 2_000),
+    "durability_events": (200_000, 1_000),
 }
 #: PgBouncer's server connections in the ``pgbouncer`` section: as many as the worker opens at most
 #: directly (pool_size + max_overflow, 5 + 5), so that the figure is the cost of the pooler alone.
@@ -193,6 +197,16 @@ async def run_pgbouncer(args: argparse.Namespace) -> dict[str, Any]:
         await db.drop()
 
 
+async def run_durability(args: argparse.Namespace) -> dict[str, Any]:
+    """Section 8: durability="replicated" against the default on a Sentinel group of its own, same run."""
+    events = args.events if args.events is not None else size(args, "durability_events")
+    db = await bench_database("durability", args.pg_url).create()
+    try:
+        return await durability(db, replace(ingest_options(args), events=events))
+    finally:
+        await db.drop()
+
+
 RUNNERS = {
     "ingest": run_ingest,
     "job": run_job,
@@ -201,6 +215,7 @@ RUNNERS = {
     "overhead": run_overhead,
     "soak": run_soak,
     "pgbouncer": run_pgbouncer,
+    "durability": run_durability,
 }
 
 

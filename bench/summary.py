@@ -197,6 +197,29 @@ def pgbouncer_rows(result: dict[str, Any]) -> list[Row]:
     ]
 
 
+def durability_rows(result: dict[str, Any]) -> list[Row]:
+    """Section 8: durability="replicated" (WAIT for 1 of 2 replicas) against the default, same run."""
+    primary, replicated = result["primary"], result["replicated"]
+    jobs = f"{result['jobs']:,} jobs of {result['batch_size']:,} events"
+    default = f"{primary['enqueue_events_per_s']:,} ev/s ({primary['enqueue_jobs_per_s']:,} jobs/s)"
+    return [
+        Row(
+            "8 durability",
+            f"enqueue, waiting for 1 of 2 replicas ({jobs})",
+            f"{replicated['enqueue_events_per_s']:,} ev/s ({replicated['enqueue_jobs_per_s']:,} jobs/s)",
+            f"primary only {default}",
+            result["enqueue_ratio"],
+        ),
+        Row(
+            "8 durability",
+            "end to end, replicated enqueues, Sentinel URL",
+            f"{replicated['end_to_end_events_per_s']:,} ev/s",
+            f"primary only {primary['end_to_end_events_per_s']:,} ev/s",
+            result["end_to_end_ratio"],
+        ),
+    ]
+
+
 ROWS = {
     "ingest": ingest_rows,
     "job": job_rows,
@@ -205,6 +228,7 @@ ROWS = {
     "overhead": overhead_rows,
     "soak": soak_rows,
     "pgbouncer": pgbouncer_rows,
+    "durability": durability_rows,
 }
 
 
