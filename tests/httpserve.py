@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +78,36 @@ def producers_file(path: Path, producers: dict[str, list[str]]) -> dict[str, str
 
 def sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+class InThreadServer:
+    """The HTTP application under uvicorn in a thread of this process, on a free loopback port: for tests
+    whose servers are in-process too (memory:// Redis, a SQLite file)."""
+
+    def __init__(self, settings: Any, **options: Any) -> None:
+        import threading
+
+        import uvicorn
+
+        from worker.http.app import create_app
+
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            create_app(settings, **options), log_config=None, access_log=False, lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign] - not the main thread
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self._thread.is_alive(), "the server did not start"
+            assert time.monotonic() < deadline, "the server did not start within 30 s"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=30)
+        self._sock.close()

@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -166,15 +165,11 @@ def test_workers_get_longer_to_stop_than_they_wait_for_jobs():
 @pytest.fixture
 def dashboard(settings: Settings) -> Iterator[Any]:
     """A real dashboard on a free loopback port, on this test's SQLite file and the in-process Redis."""
-    from worker.ops.dashboard.server import DashboardServer
+    from httpserve import InThreadServer
 
-    server = DashboardServer(settings, "127.0.0.1", 0, 5)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = InThreadServer(settings)
     yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    server.stop()
 
 
 def test_the_dashboards_health_check_asks_a_real_dashboard(dashboard):
@@ -188,7 +183,6 @@ def test_the_dashboards_health_check_asks_a_real_dashboard(dashboard):
     command = [sys.executable, test[2], code.replace(f":{port}/", f":{dashboard.port}/")]
     passed = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert passed.returncode == 0, passed.stderr
-    dashboard.shutdown()
-    dashboard.server_close()
+    dashboard.stop()
     failed = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert failed.returncode != 0

@@ -5,15 +5,25 @@ Needs the ``http`` extra (``pip install 'eventworker[http]'``): the worker itsel
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from worker.commands.base import examples, settings_or_exit
+from worker.config import Settings
 from worker.errors import ConfigError
 from worker.logging import configure_logging
 
 
-def start_http(host: str | None, port: int | None, what: str) -> None:
-    """Serve the HTTP application until SIGTERM or SIGINT; shared with ``eventworker dashboard``."""
+def start_http(
+    host: str | None, port: int | None, what: str, settings: Settings | None = None, **overrides: Any
+) -> None:
+    """Serve the HTTP application until SIGTERM or SIGINT; shared with ``eventworker dashboard``.
+
+    ``serve`` without a producers file listens on loopback only; ``dashboard`` listens where it is
+    told, as it always did, and then takes no anonymous events unless on loopback. ``settings``: read
+    already (the caller took its defaults from them); ``overrides``: settings given as options.
+    """
     try:
         # Imported here: FastAPI and uvicorn are the optional `http` extra, and --help needs neither.
         from worker.http.server import listen, load_producers, serve
@@ -21,7 +31,9 @@ def start_http(host: str | None, port: int | None, what: str) -> None:
         raise click.ClickException(
             f"{what} needs the http extra ({exc.name} is missing): pip install 'eventworker[http]'"
         ) from None
-    settings = settings_or_exit()
+    settings = settings or settings_or_exit()
+    if overrides:
+        settings = settings.model_copy(update=overrides)
     # A server logs as the worker does (settings_or_exit keeps a one-shot command's logs to warnings).
     configure_logging(settings.log_level, settings.log_format, settings.secrets())
     try:
@@ -31,7 +43,11 @@ def start_http(host: str | None, port: int | None, what: str) -> None:
         raise SystemExit(2) from None
     try:
         sock = listen(
-            host or settings.http_host, settings.http_port if port is None else port, producers, click.echo
+            host or settings.http_host,
+            settings.http_port if port is None else port,
+            producers,
+            click.echo,
+            loopback_without=what == "serve",
         )
     except OSError as exc:
         raise click.ClickException(

@@ -100,19 +100,18 @@ check_command = click.Command(
     help="Seconds between reloads [default: EVENTWORKER_DASHBOARD_REFRESH].",
 )
 def dashboard_command(host: str | None, port: int | None, refresh: int | None) -> None:
-    """Serve a read-only web page with the status, a chart of events per minute, and the dead letters."""
-    # Imported here: the dashboard loads http.server and arq, which --help does not need.
-    from worker.ops.dashboard.server import DashboardServer
+    """Serve the status page, a chart of events per minute and the dead letters; with operator tokens
+    configured, a sign-in, and for an admin the actions: requeue, retry, re-drive.
+
+    It is the application `eventworker serve` runs (docs/http.md), on the dashboard's address and port.
+    """
+    from worker.commands.serve import start_http
 
     settings = settings_or_exit()
-    server = DashboardServer(
-        settings,
+    start_http(
         host or settings.dashboard_host,
         settings.dashboard_port if port is None else port,
-        refresh or settings.dashboard_refresh,
+        "dashboard",
+        settings,
+        **({} if refresh is None else {"dashboard_refresh": refresh}),
     )
-    shown = str(server.server_address[0])
-    click.echo(
-        f"dashboard on http://{shown}:{server.port}/ (JSON at /status.json); Ctrl-C or SIGTERM stops it"
-    )
-    server.serve_until_stopped()

@@ -24,6 +24,7 @@ from worker.db.engine import Database
 from worker.db.replica import ReadRouter
 from worker.domain.producers import Producers
 from worker.http import events, health, operator
+from worker.http.dashboard import routes as dashboard
 from worker.http.limits import Admission, parse_networks
 from worker.http.metrics import HttpMetrics, MetricsMiddleware
 from worker.http.problems import PROBLEM_JSON, Problem, problem_response
@@ -75,8 +76,14 @@ async def _http_problem(_request: Request, exc: Exception) -> Response:
     )
 
 
-def create_app(settings: Settings, producers: Producers | None = None) -> FastAPI:
-    """The application for ``settings``; ``producers``: the producers file, read (None: no token needed)."""
+def create_app(
+    settings: Settings, producers: Producers | None = None, *, anonymous_events: bool = True
+) -> FastAPI:
+    """The application for ``settings``; ``producers``: the producers file, read (None: no token needed).
+
+    ``anonymous_events``: without a producers file, whether anyone may send events (False for a
+    dashboard listening beyond loopback).
+    """
     metrics = HttpMetrics()
 
     @asynccontextmanager
@@ -110,6 +117,7 @@ def create_app(settings: Settings, producers: Producers | None = None) -> FastAP
             trusted_proxies=parse_networks(settings.http_trusted_proxies),
             status_reader=StatusReader(settings),
             reads=ReadRouter(settings) if settings.database_read_url else None,
+            anonymous_events=anonymous_events,
         )
         log.info("http.started", producers=None if producers is None else len(producers.by_digest))
         try:
@@ -134,6 +142,7 @@ def create_app(settings: Settings, producers: Producers | None = None) -> FastAP
     app.include_router(events.router)
     app.include_router(operator.router)
     app.include_router(health.router)
+    app.include_router(dashboard.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 

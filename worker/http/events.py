@@ -172,6 +172,11 @@ async def post_events(request: Request, state: StateDep, sender: ProducerDep) ->
     """Receive CloudEvents in binary, structured or batched mode; enqueue the valid ones."""
     settings = state.settings
     name = sender.name if sender else ANONYMOUS
+    if sender is None and not state.anonymous_events:
+        raise Problem(
+            "forbidden",
+            "no EVENTWORKER_PRODUCERS_FILE: listening beyond loopback, this server takes no anonymous events",
+        )
     body = await read_body(request, settings.http_max_body_bytes, settings.http_body_timeout)
     received = await _received(request, body, state, sender)
     _check_sources(sender, received.values)

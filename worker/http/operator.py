@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any, Final
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
 
 from jobs.rollup import verify
@@ -35,9 +35,12 @@ RAW_PREVIEW: Final = 2000
 _READ_ERRORS: Final = problems(401, 422)
 _ACTION_ERRORS: Final = problems(401, 403, 404, 409, 422)
 Limit = Annotated[int, Query(ge=1, le=1000, description="Rows per page.")]
+#: The largest id a row can have (a 64-bit identity): a larger one is a 422, not a database error.
+MAX_ID: Final = 2**63 - 1
 Before = Annotated[
-    int | None, Query(ge=1, description="Rows with ids below this (the previous page's next).")
+    int | None, Query(ge=1, le=MAX_ID, description="Rows with ids below this (the previous page's next).")
 ]
+RowId = Annotated[int, Path(ge=1, le=MAX_ID, description="The record's id.")]
 _OBJECT: Final = {"type": "object"}
 _PAGE: Final = {
     "type": "object",
@@ -122,7 +125,7 @@ async def dead_letters(
         **problems(401, 404, 422),
     },
 )
-async def dead_letter(_role: ReaderDep, session: ReadSessionDep, dead_letter_id: int) -> Response:
+async def dead_letter(_role: ReaderDep, session: ReadSessionDep, dead_letter_id: RowId) -> Response:
     """One dead letter with its whole raw payload."""
     row = await operator_sql.dead_letter(session, dead_letter_id)
     if row is None:
@@ -134,7 +137,7 @@ async def dead_letter(_role: ReaderDep, session: ReadSessionDep, dead_letter_id:
     "/dead-letters/{dead_letter_id}/redrive",
     responses={200: json_response("Enqueued again; the dead letter is removed.", _OBJECT), **_ACTION_ERRORS},
 )
-async def redrive(_role: AdminDep, state: StateDep, session: SessionDep, dead_letter_id: int) -> Response:
+async def redrive(_role: AdminDep, state: StateDep, session: SessionDep, dead_letter_id: RowId) -> Response:
     """Enqueue a dead letter's event again once its cause is fixed; it leaves the table (kept anew if bad)."""
     try:
         job_id = await redrive_dead_letter(session, state.redis, state.settings.queue_name, dead_letter_id)
@@ -162,7 +165,7 @@ async def failed_jobs(
     "/failed-jobs/{failed_id}/requeue",
     responses={200: json_response("Enqueued again with its original arguments.", _OBJECT), **_ACTION_ERRORS},
 )
-async def requeue(_role: AdminDep, state: StateDep, session: SessionDep, failed_id: int) -> Response:
+async def requeue(_role: AdminDep, state: StateDep, session: SessionDep, failed_id: RowId) -> Response:
     """Enqueue a failed job again with its original arguments (``eventworker failed requeue``)."""
     try:
         done = await requeue_failed_job(session, state.redis, state.settings.queue_name, failed_id)
@@ -190,7 +193,7 @@ async def handler_runs(
     "/handler-runs/{run_id}/retry",
     responses={200: json_response("Pending again; run_handlers enqueued.", _OBJECT), **_ACTION_ERRORS},
 )
-async def retry_run(_role: AdminDep, state: StateDep, session: SessionDep, run_id: int) -> Response:
+async def retry_run(_role: AdminDep, state: StateDep, session: SessionDep, run_id: RowId) -> Response:
     """Make a failed handler run pending again with fresh tries (``eventworker handlers retry``)."""
     return await _retry(state, session, [run_id])
 

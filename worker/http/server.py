@@ -53,9 +53,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def listen(host: str, port: int, producers: Producers | None, say: Callable[[str], None]) -> socket.socket:
-    """The listening socket: on ``host``, or on loopback when there is no producers file."""
-    if producers is None and not is_loopback(host):
+def listen(
+    host: str,
+    port: int,
+    producers: Producers | None,
+    say: Callable[[str], None],
+    *,
+    loopback_without: bool = True,
+) -> socket.socket:
+    """The listening socket: on ``host``, or, ``loopback_without`` a producers file, on loopback."""
+    if producers is None and loopback_without and not is_loopback(host):
         say(
             f"no EVENTWORKER_PRODUCERS_FILE: any client could send events, so listening on {LOOPBACK} only"
             f" (not {host}); list your producers to listen further"
@@ -66,9 +73,13 @@ def listen(host: str, port: int, producers: Producers | None, say: Callable[[str
 
 
 def serve(settings: Settings, sock: socket.socket, producers: Producers | None) -> None:
-    """Run the application on ``sock`` until SIGTERM or SIGINT; return once drained."""
+    """Run the application on ``sock`` until SIGTERM or SIGINT; return once drained.
+
+    Without a producers file, events are taken only when ``sock`` is on loopback.
+    """
+    address = str(sock.getsockname()[0])
     config = uvicorn.Config(
-        create_app(settings, producers),
+        create_app(settings, producers, anonymous_events=producers is not None or is_loopback(address)),
         log_config=None,
         access_log=False,
         proxy_headers=False,

@@ -55,8 +55,15 @@ class HttpState:
     """What ``/api/status`` and the dashboard show; its own engine and pool, like the old dashboard's."""
     reads: ReadRouter | None = None
     """Where heavy reads go with ``DATABASE_READ_URL``: the replica while it keeps up; None without one."""
+    anonymous_events: bool = True
+    """Without a producers file, whether anyone may send events: yes on loopback (serve listens only
+    there then); no for ``eventworker dashboard`` told to listen further."""
     _cached_status: tuple[float, Status] | None = None
     _read_choice: tuple[float, Database] | None = None
+
+    def forget_status(self) -> None:
+        """Read the status afresh next time: an action just changed it."""
+        self._cached_status = None
 
     async def read_db(self) -> Database:
         """The database the operator API reads: the replica while it keeps up (checked at most every

@@ -11,7 +11,8 @@ the schema (:func:`worker.db.schema.behind_error`): on a database never migrated
 section says "run `eventworker migrate`".
 
 :func:`problems` is the pure verdict a person wants first: what is stuck, stale or failing.
-Formatting lives in :mod:`worker.ops.status_text` (text, JSON) and :mod:`worker.ops.dashboard.page`.
+Formatting lives in :mod:`worker.ops.status_text` (text, JSON) and the dashboard
+(:mod:`worker.http.dashboard`).
 """
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""``eventworker dashboard``: the HTTP server, the page it renders and the chart on it."""
