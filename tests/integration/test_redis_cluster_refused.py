@@ -35,14 +35,17 @@ def cluster_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisNode
         password=PASSWORD,
     )
     node.start()
-    client = node.client(decode_responses=True)
     try:
-        client.execute_command("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
-        wait_until(lambda: "cluster_state:ok" in client.execute_command("CLUSTER", "INFO"), 20, "cluster ok")
+        client = node.client(decode_responses=True)
+        try:
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
+            ok = lambda: "cluster_state:ok" in client.execute_command("CLUSTER", "INFO")  # noqa: E731
+            wait_until(ok, 20, "the cluster to be ok")
+        finally:
+            client.close()
+        yield node
     finally:
-        client.close()
-    yield node
-    node.stop()
+        node.stop()
 
 
 def url(node: RedisNode) -> str:

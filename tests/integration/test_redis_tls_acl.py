@@ -63,13 +63,15 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
     files = tls_files(directory / "certs")
     node = RedisNode(directory / "node", password=ADMIN_PASSWORD, tls=files)
     node.start()
-    admin = node.client()
     try:
-        admin.execute_command("ACL", "SETUSER", "eventworker", *documented_acl_rule())
+        admin = node.client()
+        try:
+            admin.execute_command("ACL", "SETUSER", "eventworker", *documented_acl_rule())
+        finally:
+            admin.close()
+        yield TlsRedis(node, files)
     finally:
-        admin.close()
-    yield TlsRedis(node, files)
-    node.stop()
+        node.stop()
 
 
 def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
