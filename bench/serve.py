@@ -193,6 +193,18 @@ async def paced(
     return latencies
 
 
+async def drop_queue(redis_url: str, queue: str) -> None:
+    """Delete ``queue``, the jobs in it (serve gives them random ids) and its keys; nothing of other runs."""
+    client = redis_client(redis_url)
+    try:
+        jobs = [b"arq:job:" + job_id for job_id in await client.zrange(queue, 0, -1)]
+        for start in range(0, len(jobs), 1000):
+            await client.unlink(*jobs[start : start + 1000])
+    finally:
+        await client.aclose()
+    await delete_keys(redis_url, f"*{queue}*")
+
+
 async def wait_empty(redis_url: str, queue: str, wait_s: float = 3600) -> float:
     client = redis_client(redis_url)
     deadline = time.monotonic() + wait_s
@@ -242,7 +254,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "seconds": round(seconds, 2),
                 "serve_cpu_us_per_event": round(cpu / args.events * 1e6, 1),
             }
-            await delete_keys(args.redis_url, f"*{queue}*", "arq:job:*")
+            await drop_queue(args.redis_url, queue)
 
             events = [e for chunk in batch_json for e in orjson.loads(chunk) if isinstance(e, dict)]
             events = [e for e in events if isinstance(validate_one(e, 1 << 20), CloudEvent)][
@@ -260,7 +272,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "seconds": round(seconds, 2),
                 "serve_cpu_us_per_event": round(cpu / len(binary) * 1e6, 1),
             }
-            await delete_keys(args.redis_url, f"*{queue}*", "arq:job:*")
+            await drop_queue(args.redis_url, queue)
 
             # -- 5: latency at half of each peak ------------------------------------------------
             for mode, requests, peak in (
@@ -283,7 +295,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "p50_ms": round(percentile(latencies, 50) * 1000, 2),
                     "p99_ms": round(percentile(latencies, 99) * 1000, 2),
                 }
-                await delete_keys(args.redis_url, f"*{queue}*", "arq:job:*")
+                await drop_queue(args.redis_url, queue)
         finally:
             result["serve_exit"] = serve.stop()
 
@@ -304,18 +316,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     db, args.redis_url, queue, max_jobs=10, poll_delay=0.05, keep_result=0, **UNLIMITED
                 )
                 worker = WorkerProcess(env, logs / f"http-e2e-worker-{way}-{run_n}.log").start()
-                serve = Serve(env, logs / f"http-e2e-serve-{run_n}.log") if way == "http" else None
+                front: Serve | None = (
+                    Serve(env, logs / f"http-e2e-serve-{run_n}.log") if way == "http" else None
+                )
                 try:
                     await worker.ready(args.redis_url, queue)
-                    if serve is not None:
-                        await serve.ready()
+                    if front is not None:
+                        await front.ready()
                     wcpu0 = cpu_seconds(worker.pid)
-                    scpu0 = cpu_seconds(serve.process.pid) if serve else 0.0
+                    scpu0 = cpu_seconds(front.process.pid) if front else 0.0
                     started = time.time()
-                    if serve is not None:
-                        head = batch_head(serve.host)
+                    if front is not None:
+                        head = batch_head(front.host)
                         statuses = await send_all(
-                            serve, [(head, b) for _, b in batch_requests], args.connections
+                            front, [(head, b) for _, b in batch_requests], args.connections
                         )
                         assert set(statuses) <= {202, 207}, set(statuses)
                     else:
@@ -323,11 +337,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     sent = time.time()
                     done = await wait_empty(args.redis_url, queue)
                     wcpu = cpu_seconds(worker.pid) - wcpu0
-                    scpu = (cpu_seconds(serve.process.pid) - scpu0) if serve else 0.0
+                    scpu = (cpu_seconds(front.process.pid) - scpu0) if front else 0.0
                 finally:
                     worker.stop()
-                    if serve is not None:
-                        serve.stop()
+                    if front is not None:
+                        front.stop()
                     await delete_keys(args.redis_url, f"*{queue}*", f"arq:job:{RUN_TAG}-e2e-*")
                 stored = await db.count()
                 if stored != expected:
