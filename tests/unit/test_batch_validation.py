@@ -469,6 +469,7 @@ def test_validate_each_is_validate_one_on_each_input_duplicates_kept(values):
     """validate_each (serve's check of a request's events) answers for every input, in order, as
     validate_one would, through the fast path: a repeated event is valid each time, not a duplicate."""
     values = values + values[:1]
-    decoded = deserialize(serialize(values))
+    decoded = _decoded(values)
+    assume(type(decoded) is JsonList)  # not when the JSON is undecodable (Infinity beside a big integer)
     outcomes = validate_each(decoded, LIMIT, decoded=True)
     assert outcomes == [validate_one(value, LIMIT, position) for position, value in enumerate(decoded)]
