@@ -342,7 +342,7 @@ async def one_latency(db: BenchDatabase, options: IngestOptions, rate: float, la
 async def _timed_job(db: Any, settings: Any, job: bytes, job_id: str) -> dict[str, tuple[float, float]]:
     """One batch through the ingest job's steps, each timed: (wall, this process's CPU) in milliseconds."""
     from worker.constants import INGEST_JOB
-    from worker.db import statements
+    from worker.db.sql import statements
     from worker.domain.wire import batch_rows
     from worker.protocol.serialization import job_deserializer
 

@@ -58,8 +58,8 @@ from bench.common import BenchDatabase, bench_database
 from bench.events import SOURCES, TYPES
 from jobs.stats import build_report
 from worker.config import load_settings
-from worker.db import report_sql
 from worker.db.engine import Database
+from worker.db.sql import report_sql
 from worker.domain.report import LAG_SAMPLE_SIZE, PERCENTILES, Report, Window, percentile
 
 RESULTS = Path(__file__).resolve().parent / "results" / "report.json"

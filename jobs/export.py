@@ -1,13 +1,13 @@
 """``export_events``: write the events matching a filter to a file, as NDJSON or CSV, optionally gzipped.
 
-Rows stream from one snapshot (:func:`worker.db.history.stream_events`) in chunks of
+Rows stream from one snapshot (:func:`worker.db.sql.history.stream_events`) in chunks of
 ``export_chunk_size``, are formatted by :mod:`worker.domain.export` and written from a thread
 into an :class:`~worker.domain.export.AtomicWriter`: the file appears under its name, complete,
 only at the end, and a failure or cancellation leaves nothing behind. Memory stays flat
 whatever the table's size: one chunk of rows and its bytes at a time.
 
 On PostgreSQL through asyncpg an NDJSON export skips the rows: the server writes the
-lines itself (:mod:`worker.db.export_copy`, the same bytes) and they go to the file in
+lines itself (:mod:`worker.db.sql.export_copy`, the same bytes) and they go to the file in
 batches of ``export_chunk_size`` lines (at most :data:`COPY_BATCH_BYTES`), one batch
 written (and gzipped) in the thread while the next arrives. Progress is reported every
 ``export_chunk_size`` rows on both paths.
@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any, TypedDict, TypeVar
 
 from worker.constants import EXPORT_EVENTS_JOB
-from worker.db import export_copy, history
 from worker.db.engine import Database, job_application_name
+from worker.db.sql import export_copy, history
 from worker.domain.export import (
     AtomicWriter,
     CopyLines,

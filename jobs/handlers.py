@@ -5,7 +5,7 @@
 so a run whose ``run_handlers`` never got enqueued (Redis down, worker killed between the
 commit and the enqueue) still runs: nothing is left pending for good.
 
-Each run is taken in its own session and transaction (see :mod:`worker.db.handler_sql` for
+Each run is taken in its own session and transaction (see :mod:`worker.db.sql.handler_sql` for
 how two workers never take the same run), the handler called inside a savepoint, and the
 outcome written in the same commit. A job stops starting runs after half of
 ``job_timeout`` and gives one handler call a quarter of it (a handler running longer fails
@@ -25,9 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from worker.config import Settings
 from worker.constants import RUN_HANDLERS_JOB, SWEEP_HANDLERS_JOB
-from worker.db import handler_sql
 from worker.db.engine import Database
 from worker.db.models import Event
+from worker.db.sql import handler_sql
 from worker.domain.handlers import (
     HandlerRegistry,
     Registration,

@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 
 from jobs.handlers import enqueue_run_handlers
 from worker.constants import INGEST_JOB
-from worker.db import handler_sql, statements
+from worker.db.sql import handler_sql, statements
 from worker.domain.handlers import configured_registry
 from worker.domain.wire import batch_rows
 from worker.logging import get_logger

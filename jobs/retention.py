@@ -31,8 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from jobs.export import ExportSummary, export_to_file
 from worker.config import Settings
 from worker.constants import APPLY_RETENTION_JOB
-from worker.db import history
 from worker.db.engine import Database
+from worker.db.sql import history
 from worker.domain.export import ExportFilter, ExportFormat, ExportProgress
 from worker.logging import get_logger
 from worker.runtime.context import WorkerContext

@@ -2,9 +2,9 @@
 
 An update counts only the events stored since its checkpoint, in one transaction:
 lock the checkpoint, ask the database layer which new events are safe to read
-(:func:`worker.db.rollup_sql.safe_range`: an exact horizon on PostgreSQL and SQLite, a
+(:func:`worker.db.sql.rollup_sql.safe_range`: an exact horizon on PostgreSQL and SQLite, a
 settle time on MySQL/MariaDB), have the database count them per bucket
-(:func:`worker.db.rollup_sql.count_range`, a ``GROUP BY``: only the buckets reach the worker),
+(:func:`worker.db.sql.rollup_sql.count_range`, a ``GROUP BY``: only the buckets reach the worker),
 add the counts to the table and move the checkpoint, all or nothing. A crash at any point
 leaves both as they were; the next run counts the same events once.
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from contextlib import aclosing
+from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, TypedDict
@@ -34,9 +34,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from worker.config import Settings
 from worker.constants import REBUILD_ROLLUPS_JOB, UPDATE_ROLLUPS_JOB
-from worker.db import rollup_sql
+from worker.db.dialect import SNAPSHOT_ISOLATION
 from worker.db.engine import Database
 from worker.db.failures import is_serialization_failure
+from worker.db.sql import rollup_sql
 from worker.domain import rollups
 from worker.errors import CheckpointMoved
 from worker.logging import get_logger
@@ -54,6 +55,14 @@ VERIFY_PAGE_ROWS: Final = 10_000
 
 
 log = get_logger("eventworker.rollups")
+
+
+def transaction(db: Database, job_name: str | None = None) -> AbstractAsyncContextManager[AsyncSession]:
+    """A transaction for a rollup run (or a check): one snapshot from its first statement to its last.
+
+    SQLite's write lock (``rollup_sql.lock_checkpoint``) already makes the run see one state.
+    """
+    return db.transaction(job_name, isolation_level=SNAPSHOT_ISOLATION.get(db.dialect))
 
 
 class RollupResult(TypedDict):
@@ -122,7 +131,7 @@ async def _update_once(
     db: Database, settings: Settings, *, max_rows: int, now: datetime
 ) -> tuple[int, _Counted]:
     """One transaction: lock, count, move the checkpoint. Return the old position and what was counted."""
-    async with rollup_sql.transaction(db, UPDATE_ROLLUPS_JOB) as session:
+    async with transaction(db, UPDATE_ROLLUPS_JOB) as session:
         old = await rollup_sql.lock_checkpoint(session)
         counted = await _count_range(session, settings, old, max_rows=max_rows, now=now)
         if counted.rows:  # nothing new: leave the checkpoint row alone too
@@ -173,7 +182,7 @@ async def update(
 
 
 async def _rebuild_once(db: Database, settings: Settings, *, max_rows: int, now: datetime) -> RollupResult:
-    async with rollup_sql.transaction(db, REBUILD_ROLLUPS_JOB) as session:
+    async with transaction(db, REBUILD_ROLLUPS_JOB) as session:
         old = await rollup_sql.lock_checkpoint(session)
         await rollup_sql.delete_all_rollups(session)
         position, rows, buckets, more = rollup_sql.INITIAL_POSITION, 0, 0, True
@@ -224,7 +233,7 @@ async def expected_rollups(session: AsyncSession, up_to: int | None) -> Counter[
     """What the rollups should hold at checkpoint ``up_to`` (None: every stored event).
 
     The events are read back and counted with :func:`worker.domain.rollups.count_events`, not with the
-    SQL the runs count with (:func:`worker.db.rollup_sql.count_range`), so comparing the two
+    SQL the runs count with (:func:`worker.db.sql.rollup_sql.count_range`), so comparing the two
     checks both. It costs the worker's CPU for every event, which suits a check run by hand.
     """
     counts: Counter[rollups.RollupKey] = Counter()
@@ -236,7 +245,7 @@ async def expected_rollups(session: AsyncSession, up_to: int | None) -> Counter[
 
 async def verify(db: Database) -> Verification:
     """Compare the rollups with the events their checkpoint covers, recounted in Python, in one snapshot."""
-    async with rollup_sql.transaction(db) as session:
+    async with transaction(db) as session:
         position = await rollup_sql.read_checkpoint(session)
         up_to = rollup_sql.INITIAL_POSITION if position is None else position
         expected = await expected_rollups(session, up_to)

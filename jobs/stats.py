@@ -4,7 +4,7 @@ and :func:`build_report`, which runs the report's queries (``eventworker stats``
 The job returns the report in its JSON form and logs one summary line. A window that does not
 parse is a permanent failure: it is recorded at once, not retried.
 
-:func:`build_report` runs the three queries of :mod:`worker.db.report_sql` (the counts, one pass
+:func:`build_report` runs the three queries of :mod:`worker.db.sql.report_sql` (the counts, one pass
 over the window on PostgreSQL; the lag sample; the dead letters) either one after another in one
 session, or fanned out, each in its own session and transaction, at the same time
 (``asyncio.TaskGroup``), and makes a :class:`~worker.domain.report.Report` of what they find. A
@@ -42,8 +42,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.pool import NullPool, QueuePool
 
 from worker.constants import EVENT_STATS_JOB
-from worker.db import report_sql
 from worker.db.engine import Database
+from worker.db.sql import report_sql
 from worker.domain.report import LAG_SAMPLE_SIZE, LagStats, Report, Timing, Window, WindowCounts, to_json
 from worker.logging import get_logger
 from worker.runtime.context import WorkerContext

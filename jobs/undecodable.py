@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.constants import UNDECODABLE_JOB
-from worker.db import statements
+from worker.db.sql import statements
 from worker.logging import get_logger
 from worker.protocol.events import Rejection
 from worker.runtime.context import NO_METRICS, WorkerContext

@@ -20,9 +20,9 @@ from sqlalchemy import func, select, text
 
 from jobs.rollup import update
 from worker.config import Settings
-from worker.db import status_sql
 from worker.db.engine import Database
 from worker.db.models import DeadLetter, Event
+from worker.db.sql import status_sql
 from worker.main import worker_settings
 from worker.protocol.producer import EventProducer
 from worker.protocol.serialization import deserialize

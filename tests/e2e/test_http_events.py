@@ -31,8 +31,8 @@ from httpserve import ServeProcess, producers_file
 from support import process_env, run_worker
 
 from worker.config import Settings, load_settings
-from worker.db import statements
 from worker.db.engine import Database
+from worker.db.sql import statements
 
 pytestmark = pytest.mark.e2e
 

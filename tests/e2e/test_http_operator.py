@@ -16,9 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import process_env, run_worker
 
 from worker.config import Settings, load_settings
-from worker.db import statements
 from worker.db.engine import Database
 from worker.db.models import Event, HandlerRun
+from worker.db.sql import statements
 from worker.protocol.events import Rejection
 from worker.protocol.producer import EventProducer
 

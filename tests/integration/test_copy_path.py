@@ -10,8 +10,9 @@ import pytest
 from sqlalchemy import select
 from support import event
 
-from worker.db import dialect, statements
+from worker.db import dialect
 from worker.db.models import Event
+from worker.db.sql import statements
 from worker.domain.rows import EVENT_COLUMNS, event_row
 from worker.protocol.events import validate_batch
 

@@ -52,7 +52,7 @@ async def test_a_running_job_shows_its_name_in_pg_stat_activity(pg_settings, pg_
 @pytest.mark.parametrize("backend", ["asyncpg", "psycopg"])
 async def test_pg_stat_activity_names_the_job_while_a_real_job_runs(settings, db, monkeypatch):
     """Seen from another connection, a worker's ingest transaction is tagged ingest_events@<name>."""
-    from worker.db import statements
+    from worker.db.sql import statements
 
     seen: list[list[str]] = []
     original = statements.insert_events

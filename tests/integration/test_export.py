@@ -25,9 +25,9 @@ from support import event
 
 from jobs.export import export_events, export_to_file
 from worker.commands.export import export_command
-from worker.db import history, statements
 from worker.db.engine import Database
 from worker.db.models import Event, FailedJob
+from worker.db.sql import history, statements
 from worker.domain.export import EXPORT_COLUMNS, ExportFilter, ExportFormat, ExportProgress, rfc3339
 from worker.domain.rows import event_row
 from worker.errors import JobFailed

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import text
 
 from jobs.export import ExportSummary, export_to_file
-from worker.db import export_copy, history, statements
 from worker.db.engine import Database
+from worker.db.sql import export_copy, history, statements
 from worker.domain.export import ExportFilter, ExportFormat
 from worker.domain.rows import event_row
 from worker.protocol.events import CloudEvent

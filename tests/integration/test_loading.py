@@ -21,16 +21,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from support import job_ctx, unique_source
 
 from jobs.handlers import run_one
-from worker.db import handler_sql
 from worker.db.engine import Database
 from worker.db.models import Event, HandlerRun
+from worker.db.sql import handler_sql
 from worker.domain.handlers import HandlerRegistry, StoredEvent
 
 pytestmark = pytest.mark.integration
 
 ORDER = "com.example.order.created"
 RECEIVED = datetime(2026, 5, 1, 10, 0, 1, tzinfo=UTC)
-#: The statements that take a run (worker.db.handler_sql.claim_run). SQLite has one writer: an
+#: The statements that take a run (worker.db.sql.handler_sql.claim_run). SQLite has one writer: an
 #: UPDATE takes its lock, then the run is read. Elsewhere one SELECT ... FOR UPDATE SKIP LOCKED.
 CLAIM = {
     "postgresql": ["SELECT handler_runs"],

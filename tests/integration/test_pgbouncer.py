@@ -27,9 +27,9 @@ from support import event, process_env, unique_source
 
 from jobs.export import export_to_file
 from worker.config import load_settings
-from worker.db import statements
 from worker.db.engine import Database
 from worker.db.models import Event
+from worker.db.sql import statements
 from worker.domain.export import ExportFilter
 from worker.domain.rows import event_row
 from worker.errors import ConfigError

@@ -15,9 +15,9 @@ from support import job_ctx
 
 from jobs.stats import build_report, event_stats
 from worker.commands.stats import stats_command
-from worker.db import report_sql
 from worker.db.engine import Database
 from worker.db.models import DeadLetter, Event
+from worker.db.sql import report_sql
 from worker.domain.report import Window, percentile
 from worker.errors import JobFailed
 

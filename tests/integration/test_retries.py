@@ -108,7 +108,7 @@ async def test_the_last_try_records_the_job_and_the_cli_requeues_it(
 
 async def test_an_unexpected_error_on_the_last_try_is_recorded(settings, db, monkeypatch):
     """A bug-like failure is retried up to max_tries and then recorded with its error."""
-    from worker.db import statements
+    from worker.db.sql import statements
 
     async def broken(*_args, **_kwargs):
         raise RuntimeError("boom in insert")
@@ -126,7 +126,7 @@ async def test_an_unexpected_error_on_the_last_try_is_recorded(settings, db, mon
 
 async def test_the_worker_retries_a_job_until_the_database_answers(settings, db):
     """Through a real worker: the first try fails on the database, a later try stores the batch."""
-    from worker.db import statements
+    from worker.db.sql import statements
 
     calls = {"n": 0}
     original = statements.insert_events

@@ -21,9 +21,9 @@ from support import catch_up_rollups, event, unique_source
 
 from jobs.rollup import verify
 from worker.config import Settings
-from worker.db import rollup_sql, statements
 from worker.db.engine import Database
 from worker.db.models import Event
+from worker.db.sql import rollup_sql, statements
 from worker.domain.rollups import BUCKET_SECONDS, RollupKey, count_events, events_counted
 from worker.domain.rows import event_row
 from worker.protocol.events import validate_batch

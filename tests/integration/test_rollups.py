@@ -20,11 +20,19 @@ from sqlalchemy import func, select, text
 from support import event, unique_source
 
 from jobs.ingest import ingest_events
-from jobs.rollup import expected_rollups, rebuild, rebuild_rollups, update, update_rollups, verify
+from jobs.rollup import (
+    expected_rollups,
+    rebuild,
+    rebuild_rollups,
+    transaction,
+    update,
+    update_rollups,
+    verify,
+)
 from worker.config import Settings
-from worker.db import rollup_sql, statements
 from worker.db.engine import Database
 from worker.db.models import Checkpoint, Event, Rollup
+from worker.db.sql import rollup_sql, statements
 from worker.domain.rollups import RollupKey
 from worker.domain.rows import event_row
 from worker.protocol.events import validate_batch
@@ -521,6 +529,6 @@ async def test_sqlite_writers_commit_in_seq_order_so_the_high_water_mark_is_exac
 async def test_a_run_reads_one_snapshot(settings, db):
     """PostgreSQL and MySQL runs read in REPEATABLE READ (SQLite runs hold its one write lock instead)."""
     query = "SHOW transaction_isolation" if db.dialect == "postgresql" else "SELECT @@tx_isolation"
-    async with rollup_sql.transaction(db) as session:
+    async with transaction(db) as session:
         level = str(await session.scalar(text(query)))
     assert level.replace("-", " ").lower() == "repeatable read"

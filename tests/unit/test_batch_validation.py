@@ -268,7 +268,7 @@ def test_job_list_repr_gives_arq_the_same_log_line(args):
 
 def test_copy_text_of_big_integers():
     """The COPY path writes JSON orjson refuses (integers past 64 bits) as the engine's serializer does."""
-    from worker.db.statements import _json_bytes
+    from worker.db.sql.statements import _json_bytes
 
     assert _json_bytes({"n": 2**70, "s": "é"}) == '{"n":1180591620717411303424,"s":"é"}'.encode()
     assert _json_bytes(None) is None
@@ -276,7 +276,7 @@ def test_copy_text_of_big_integers():
 
 def test_copy_records_put_json_last_as_bytes_in_either_encoder():
     """COPY records hold a row's plain values, then data and extensions as JSON bytes (None stays None)."""
-    from worker.db.statements import _STAGE_COLUMNS, _records
+    from worker.db.sql.statements import _STAGE_COLUMNS, _records
 
     plain = {c: f"<{c}>" for c in _STAGE_COLUMNS}
     rows = [

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from worker import config
 from worker.config import Settings, load_settings, normalize_database_url
+from worker.config import settings as config
 from worker.errors import ConfigError
 
 SECRET = "hunter2-s3cret"

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import pytest
 
 from worker.config import load_settings
-from worker.db.handler_sql import stored_event
 from worker.db.models import Event
+from worker.db.sql.handler_sql import stored_event
 from worker.domain import handlers
 from worker.domain.handlers import (
     JITTER_BUCKETS,

@@ -38,6 +38,6 @@ def test_a_job_loads_no_observation_code():
         "worker.runtime.metrics",
         "worker.runtime.tracking",
         "worker.runtime.queuestats",
-        "worker.db.status_sql",
+        "worker.db.sql.status_sql",
     }
     assert loaded & unwanted == set()

@@ -21,8 +21,8 @@ from jobs import ingest
 from jobs.ingest import ingest_events
 from jobs.undecodable import store_undecodable_job
 from worker.constants import DEFAULT_QUEUE, INGEST_JOB, UNDECODABLE_JOB
-from worker.db import statements
 from worker.db.models import DeadLetter, Event, FailedJob
+from worker.db.sql import statements
 from worker.errors import JobFailed
 from worker.protocol.producer import EventProducer
 from worker.protocol.serialization import deserialize

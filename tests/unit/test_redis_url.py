@@ -7,7 +7,7 @@ import pytest
 
 from worker.config import load_settings, redact_redis_url
 from worker.errors import ConfigError
-from worker.redis_url import RedisUrlError, parse_redis_url, redis_url_secrets
+from worker.protocol.redis_url import RedisUrlError, parse_redis_url, redis_url_secrets
 
 PW = "s3cr%40t"  # percent-encoded "s3cr@t"
 SPW = "sentinelPw-77"

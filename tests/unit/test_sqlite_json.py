@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import select, text
 
 from jobs.export import export_to_file
-from worker.db import statements
 from worker.db.models import Event
+from worker.db.sql import statements
 from worker.domain.export import ExportFilter, ExportFormat
 from worker.domain.rows import event_row
 from worker.protocol.events import CloudEvent

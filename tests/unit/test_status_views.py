@@ -13,7 +13,7 @@ import orjson
 import pytest
 from markupsafe import escape
 
-from worker.db.status_sql import RollupLag
+from worker.db.sql.status_sql import RollupLag
 from worker.http.dashboard import chart as svgchart
 from worker.http.dashboard.render import content_security_policy, render_page
 from worker.http.dashboard.views import chart_series

@@ -22,7 +22,7 @@ import click
 
 from worker.commands.base import examples, settings_or_exit, with_database, with_session
 from worker.config import Settings, redact_redis_url, redact_url
-from worker.db import statements
+from worker.db.sql import statements
 from worker.protocol.serialization import deserialize
 
 DEMO_DATABASE_FILE = "eventworker-demo.sqlite3"

@@ -14,7 +14,7 @@ import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from worker.commands.base import examples, print_rows, run_or_exit, settings_or_exit, with_session
-from worker.db import statements
+from worker.db.sql import statements
 from worker.domain.text import describe_errors, one_line
 from worker.protocol.serialization import deserialize
 

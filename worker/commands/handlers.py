@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from worker.commands.base import examples, print_rows, run_or_exit, settings_or_exit, with_session
 from worker.config import Settings
-from worker.db import handler_sql
+from worker.db.sql import handler_sql
 
 #: In the plain listing an error is cut to this many characters, on one line; --json has it whole.
 ERROR_PREVIEW = 200

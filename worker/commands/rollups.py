@@ -15,8 +15,8 @@ import click
 
 from worker.commands.base import examples, run_or_exit, settings_or_exit, with_database
 from worker.config import Settings
-from worker.db import status_sql
 from worker.db.engine import Database
+from worker.db.sql import status_sql
 from worker.domain.text import plural
 
 if TYPE_CHECKING:

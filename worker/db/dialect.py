@@ -12,9 +12,10 @@ eventworker runs on PostgreSQL, MySQL/MariaDB and SQLite, which SQLAlchemy names
   ``INSERT IGNORE``; events, dead letters, handler runs and the rollups checkpoint all go through it.
 
 A difference that belongs to one statement stays beside that statement, branching on
-:func:`dialect_name`: the report's ``GROUPING SETS`` and lag arithmetic (``worker.db.report_sql``),
-the rollups' buckets, horizon and upsert (``worker.db.rollup_sql``), the COPY fast paths
-(``worker.db.statements``, ``worker.db.export_copy``), the stored-time conversions (``worker.db.types``).
+:func:`dialect_name`: the report's ``GROUPING SETS`` and lag arithmetic (``worker.db.sql.report_sql``),
+the rollups' buckets, horizon and upsert (``worker.db.sql.rollup_sql``), the COPY fast paths
+(``worker.db.sql.statements``, ``worker.db.sql.export_copy``), the stored-time conversions
+(``worker.db.types``).
 """
 
 from __future__ import annotations

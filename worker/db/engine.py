@@ -24,9 +24,9 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from worker.config import Settings
 from worker.constants import MAX_APPLICATION_NAME
-from worker.db import statements
 from worker.db.connect import driver_options, watch_connects
 from worker.db.failures import is_asyncpg_out_of_step, unannounced_pooler
+from worker.db.sql import statements
 from worker.errors import ConfigError
 from worker.protocol.serialization import deserialize
 

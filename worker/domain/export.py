@@ -1,9 +1,9 @@
 """Event exports, the pure parts: which events, in what format, and a file that appears only when whole.
 
-No database and no event loop here. ``worker.db.history`` turns an :class:`ExportFilter`
+No database and no event loop here. ``worker.db.sql.history`` turns an :class:`ExportFilter`
 into SQL and streams rows in :data:`EXPORT_COLUMNS` order; ``jobs.export`` feeds those
 rows through :func:`encode_chunk` into an :class:`AtomicWriter`. On PostgreSQL through
-asyncpg, ``worker.db.export_copy`` has the server write the NDJSON lines instead, and
+asyncpg, ``worker.db.sql.export_copy`` has the server write the NDJSON lines instead, and
 :class:`CopyLines` passes them on (counting them, rendering the few the server could not).
 
 Formats:
@@ -39,7 +39,7 @@ import orjson
 from worker.domain.rows import EVENT_COLUMNS
 from worker.protocol.serialization import OutOfRangeNumber
 
-#: The columns an export reads, in the order ``worker.db.history`` selects them: ``seq``, then the
+#: The columns an export reads, in the order ``worker.db.sql.history`` selects them: ``seq``, then the
 #: stored row's (:data:`~worker.domain.rows.EVENT_COLUMNS`) with the event's id under its CloudEvents
 #: name and without the ingest job's id. ``data`` is the stored JSON as text, so that it is copied out
 #: without being parsed.
@@ -170,7 +170,7 @@ def ndjson_lines(rows: Iterable[Sequence[Any]]) -> bytes:
 
 
 def row_from_array(line: bytes, loads: Callable[[str], Any]) -> tuple[Any, ...]:
-    """A row in :data:`EXPORT_COLUMNS` order from its JSON array (``worker.db.export_copy.ROW_ARRAY``).
+    """A row in :data:`EXPORT_COLUMNS` order from its JSON array (``worker.db.sql.export_copy.ROW_ARRAY``).
 
     Times come as RFC 3339 text; ``extensions`` as JSON text, read with ``loads``, which is
     to be how the database layer reads the column; ``data`` stays JSON text.
@@ -189,12 +189,12 @@ _EXTENSIONS_INDEX = EXPORT_COLUMNS.index("extensions")
 
 
 class CopyLines:
-    """The NDJSON file's bytes from the output of ``worker.db.export_copy.copy_ndjson``.
+    """The NDJSON file's bytes from the output of ``worker.db.sql.export_copy.copy_ndjson``.
 
     :meth:`feed` takes the bytes as they arrive, cut anywhere, and returns the complete
     lines among them (an incomplete last line waits for the next call), counted in
     :attr:`rows`. A line that is a JSON array rather than an object is a row the server
-    could not render exactly (see ``worker.db.export_copy``): it is rendered here with
+    could not render exactly (see ``worker.db.sql.export_copy``): it is rendered here with
     :func:`ndjson_lines`, its extensions read with ``loads`` (the database layer's JSON
     decoder). The search for one is a single scan per call, so the bytes of ordinary rows
     pass through untouched.

@@ -2,7 +2,7 @@
 
 Counts by type, by source, the top subjects, ingestion lag percentiles
 (``received_at - time``) and dead letters by reason. Three independent queries find them
-(:mod:`worker.db.report_sql`: the counts, the lag sample, the dead letters; their results are
+(:mod:`worker.db.sql.report_sql`: the counts, the lag sample, the dead letters; their results are
 the shapes below: :class:`WindowCounts`, :class:`LagSample`, :data:`Counts`), and
 :func:`jobs.stats.build_report` runs them, serially or fanned out over sessions, into a
 :class:`Report`.

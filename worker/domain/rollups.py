@@ -1,7 +1,7 @@
 """Rollups as pure logic: which bucket an event counts in, how rows become counts, how two tables differ.
 
 No I/O here. ``jobs.rollup`` has the database count new events per bucket
-(:func:`worker.db.rollup_sql.count_range`, a ``GROUP BY`` giving what :func:`count_events`
+(:func:`worker.db.sql.rollup_sql.count_range`, a ``GROUP BY`` giving what :func:`count_events`
 gives) and hands :func:`rollup_rows` back to it to upsert. :func:`count_events` is the
 reference: the ``verify`` command counts the events with it and compares the table through
 :func:`differences`, and the tests hold the SQL to it on every database.

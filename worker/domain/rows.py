@@ -4,7 +4,7 @@
 ``txid`` come from the server). The slow path makes a row with :func:`event_row` from a validated
 :class:`~worker.protocol.events.CloudEvent`; the fast path (:mod:`worker.domain.wire`) writes the
 same dict inline in its loop, declared an :class:`EventRow` so that mypy holds it to this shape (a
-call per event would be extra work in the ingest job's hottest loop). ``worker.db.statements``
+call per event would be extra work in the ingest job's hottest loop). ``worker.db.sql.statements``
 stores rows in :data:`EVENT_COLUMNS` order (COPY staging and INSERT), and
 ``worker.domain.export`` takes the columns an export reads from it.
 

@@ -3,8 +3,9 @@
 Its lifespan creates what every request shares (:class:`~worker.http.state.HttpState`): the
 engine, the Redis pool and the producer client on it; at shutdown, once uvicorn has let the
 requests in flight finish, it closes the pool and disposes of the engine. Nothing is created at
-import. Routes, by area: :mod:`~worker.http.events` (CloudEvents in), :mod:`~worker.http.operator`
-(the operator API), :mod:`~worker.http.health` (probes and metrics).
+import. Routes, by area: :mod:`~worker.http.routes.events` (CloudEvents in),
+:mod:`~worker.http.routes.operator` (the operator API), :mod:`~worker.http.routes.health` (probes
+and metrics).
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from worker.config import Settings
 from worker.db.engine import Database
 from worker.db.replica import ReadRouter
 from worker.domain.producers import Producers
-from worker.http import events, health, operator
 from worker.http.dashboard import routes as dashboard
 from worker.http.limits import Admission, parse_networks
 from worker.http.metrics import HttpMetrics, MetricsMiddleware
 from worker.http.problems import PROBLEM_JSON, Problem, problem_response
+from worker.http.routes import events, health, operator
 from worker.http.state import HttpState
 from worker.logging import get_logger
 from worker.ops.status import StatusReader

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from jobs.handlers import enqueue_run_handlers
 from worker.constants import INGEST_JOB
-from worker.db import handler_sql, operator_sql, statements
+from worker.db.sql import handler_sql, operator_sql, statements
 from worker.protocol.serialization import deserialize
 
 #: Dead letters whose raw bytes are one event (the others hold a whole job, or a job's argument).

@@ -3,7 +3,7 @@
 :func:`gather_status` reads Redis (the queue, the workers' records, running jobs, cron
 runs: :mod:`worker.runtime.tracking`, :mod:`worker.runtime.queuestats`) and the database (failed jobs,
 dead letters, handler runs, the rollup checkpoint and the minute rollups for the chart:
-:mod:`worker.db.status_sql`). The reads are independent, so they run at once in an
+:mod:`worker.db.sql.status_sql`). The reads are independent, so they run at once in an
 ``asyncio.TaskGroup``, each database read in a short transaction of its own. A read that
 fails does not spoil the rest: its section stays empty, :attr:`Status.errors` says why, and the
 views show it as unknown, never as zero. A read that failed on a missing table is explained by
@@ -26,12 +26,13 @@ from typing import Any, Final, TypeVar
 
 from worker.config import Settings
 from worker.constants import CRON_JOBS
-from worker.db import schema, status_sql
+from worker.db import schema
 from worker.db.engine import Database
 from worker.db.failures import is_undefined_object
 from worker.db.models import DeadLetter, FailedJob
 from worker.db.replica import ReadRouter, ReplicaLag
-from worker.db.status_sql import RollupLag
+from worker.db.sql import status_sql
+from worker.db.sql.status_sql import RollupLag
 from worker.logging import redact_text
 from worker.protocol.redis import connect
 from worker.runtime import tracking

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from worker.db.status_sql import RollupLag
+from worker.db.sql.status_sql import RollupLag
 from worker.domain.text import describe_errors
 from worker.ops.status import REDIS_SECTION, Status, problems
 from worker.runtime.tracking import CronStatus

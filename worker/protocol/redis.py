@@ -1,6 +1,6 @@
 """Redis connections for arq: one server, a Sentinel-managed primary, or the demo's in-process stand-in.
 
-A ``REDIS_URL`` (read by :mod:`worker.redis_url`) names one server (``redis://``, ``rediss://``,
+A ``REDIS_URL`` (read by :mod:`worker.protocol.redis_url`) names one server (``redis://``, ``rediss://``,
 ``unix://``) or the sentinels that know which server is the primary now (``redis+sentinel://``,
 ``rediss+sentinel://``). Under Sentinel every new connection asks the sentinels for the primary's
 address, and a connection that meets an unreachable primary, or one that was demoted to a replica
@@ -51,8 +51,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.errors import ConfigError
 from worker.protocol.reconnect import ResilientArqRedis
+from worker.protocol.redis_url import RedisTarget, parse_redis_url, redact_redis_url
 from worker.protocol.serialization import deserialize, serialize
-from worker.redis_url import RedisTarget, parse_redis_url, redact_redis_url
 
 MEMORY_URL = "memory://"
 _memory_server: Any = None

@@ -31,7 +31,7 @@ from arq.constants import retry_key_prefix
 
 from worker.backoff import backoff
 from worker.constants import DB_WAITS_PREFIX
-from worker.db import statements
+from worker.db.sql import statements
 from worker.errors import JobFailed
 from worker.logging import get_logger, redact_text
 from worker.protocol.serialization import serialize

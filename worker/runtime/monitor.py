@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from arq import Retry
 
-from worker.db import status_sql
+from worker.db.sql import status_sql
 from worker.errors import JobFailed
 from worker.logging import get_logger, redact_text
 from worker.runtime import tracking

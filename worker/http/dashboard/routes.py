@@ -27,8 +27,8 @@ from fastapi.responses import RedirectResponse, Response
 from worker.http.auth import bearer_token, token_role
 from worker.http.dashboard import session as sessions
 from worker.http.dashboard.render import content_security_policy, render, render_page
-from worker.http.operator import RowId
 from worker.http.problems import Problem
+from worker.http.routes.operator import RowId
 from worker.http.state import HttpState, StateDep
 from worker.ops import status_text
 from worker.ops.actions import ActionRefused, redrive_dead_letter, requeue_failed_job, retry_handler_runs

@@ -4,7 +4,7 @@ All of them are plain SELECTs over indexed columns, cheap enough to run every fe
 each caller runs them in a short transaction of its own. Counting the events past the
 rollup checkpoint stops at :data:`LAG_CAP` rows, so a huge backlog costs no more than that.
 
-Rollup lag: the checkpoint (:mod:`worker.db.rollup_sql`) is a transaction-id horizon on
+Rollup lag: the checkpoint (:mod:`worker.db.sql.rollup_sql`) is a transaction-id horizon on
 PostgreSQL (events with ``txid >= position`` are not counted yet) and a ``seq`` high-water
 mark elsewhere (``seq > position``). On MySQL/MariaDB rollups wait ``rollup_settle_seconds``
 before counting an event, so the lag there never drops below the events of that window.
@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from worker.db.dialect import dialect_name
 from worker.db.models import Checkpoint, DeadLetter, Event, FailedJob, HandlerRun, Rollup
 
-#: The rollups' checkpoint row (see :data:`worker.db.rollup_sql.CHECKPOINT`).
+#: The rollups' checkpoint row (see :data:`worker.db.sql.rollup_sql.CHECKPOINT`).
 ROLLUP_CHECKPOINT: Final = "rollups"
 #: Events past the checkpoint are counted up to this many.
 LAG_CAP: Final = 1_000_000

@@ -17,8 +17,8 @@ from fastapi.responses import Response
 
 from jobs.rollup import verify
 from jobs.stats import build_report
-from worker.db import operator_sql
 from worker.db.models import DeadLetter, FailedJob
+from worker.db.sql import operator_sql
 from worker.domain.report import Window, to_json
 from worker.errors import InvalidArgument
 from worker.http.auth import AdminDep, ReaderDep

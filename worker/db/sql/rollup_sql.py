@@ -61,7 +61,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncGenerator, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
@@ -85,8 +84,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from worker.db.dialect import SNAPSHOT_ISOLATION, dialect_name, insert_ignoring_duplicates
-from worker.db.engine import Database
+from worker.db.dialect import dialect_name, insert_ignoring_duplicates
 from worker.db.models import Checkpoint, Event, Rollup
 from worker.db.types import UtcDateTime
 from worker.domain.rollups import BUCKET_SECONDS, EventTimes, RollupKey
@@ -124,14 +122,6 @@ class ReadRange:
     start: int
     end: int
     more: bool
-
-
-def transaction(db: Database, job_name: str | None = None) -> AbstractAsyncContextManager[AsyncSession]:
-    """A transaction for a rollup run (or a check): one snapshot from its first statement to its last.
-
-    SQLite's write lock (:func:`lock_checkpoint`) already makes the run see one state.
-    """
-    return db.transaction(job_name, isolation_level=SNAPSHOT_ISOLATION.get(db.dialect))
 
 
 async def ensure_checkpoint(session: AsyncSession, now: datetime) -> None:

@@ -39,7 +39,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from worker.db import history
+from worker.db.sql import history
 from worker.domain.export import EXPORT_COLUMNS, RECEIVED_ATTRIBUTE, SEQ_ATTRIBUTE, ExportFilter
 
 #: Drivers whose connection can stream ``COPY ... TO STDOUT`` to a callback.
@@ -158,7 +158,7 @@ async def copy_ndjson(
 ) -> None:
     """Stream the matching events' lines, each ending in ``\\n``, to ``output``, in ``seq`` order.
 
-    One snapshot (:func:`worker.db.history.snapshot`); ``output`` gets the bytes as they
+    One snapshot (:func:`worker.db.sql.history.snapshot`); ``output`` gets the bytes as they
     arrive, cut anywhere, and the server waits while it runs (asyncpg reads no further),
     so memory stays flat. An exception from ``output``, or a cancellation, ends the ``COPY``
     and discards the connection.

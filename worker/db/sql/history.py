@@ -122,7 +122,7 @@ async def snapshot(
     ``application_name`` tags the connection on PostgreSQL for the transaction's duration.
     On PostgreSQL the transaction is already open on the server when this yields (the
     drivers begin lazily, at the first statement), so that a statement sent straight
-    through the driver connection (:mod:`worker.db.export_copy`) runs inside it.
+    through the driver connection (:mod:`worker.db.sql.export_copy`) runs inside it.
     """
     dialect = engine.dialect.name
     async with engine.connect() as connection:

@@ -32,7 +32,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from worker.db import statements
+from worker.db.sql import statements
 from worker.domain.producers import Producer
 from worker.errors import EnqueueError
 from worker.http import openapi
