@@ -17,9 +17,9 @@ from support import event
 from jobs import retention
 from jobs.retention import apply_retention, run_retention
 from worker.commands.export import retention_command
-from worker.db import history, statements
 from worker.db.engine import Database
 from worker.db.models import DeadLetter, Event, HandlerRun
+from worker.db.sql import history, statements
 from worker.domain.rows import event_row
 from worker.protocol.events import CloudEvent, Rejection
 from worker.runtime.context import WorkerContext
@@ -269,7 +269,7 @@ def test_retention_command(settings, tmp_path, monkeypatch):
     monkeypatch.setenv("EVENTWORKER_RETENTION_CHUNK_SIZE", "4")
     result = CliRunner().invoke(retention_command, [])
     assert result.exit_code == 0, result.output
-    assert result.output == "events: deleted 9 in 3 chunks\ndead letters: deleted 4 in 1 chunks\n"
+    assert result.output == "events: deleted 9 in 3 chunks\ndead letters: deleted 4 in 1 chunk\n"
 
 
 def test_retention_command_says_when_retention_is_off(tmp_path, monkeypatch):

@@ -56,6 +56,7 @@ def start_http(
     shown, bound = sock.getsockname()[:2]
     shown = f"[{shown}]" if ":" in shown else shown
     click.echo(f"{what} on http://{shown}:{bound}/ (events: POST /events; API: /api; docs: /docs)")
+    click.echo("Ctrl-C or SIGTERM stops it, after the requests in flight")
     serve(settings, sock, producers)
 
 
