@@ -41,7 +41,8 @@ def _type_name(annotation: Any) -> str:
     if origin is list:
         return f"list of {_type_name(typing.get_args(annotation)[0])}"
     if isinstance(annotation, type):
-        return {"str": "text", "bool": "true/false"}.get(annotation.__name__, annotation.__name__)
+        names = {"str": "text", "bool": "true/false", "SecretStr": "secret text"}
+        return names.get(annotation.__name__, annotation.__name__)
     return str(annotation)
 
 

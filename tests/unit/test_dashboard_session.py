@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from worker.config import load_settings
+from worker.errors import ConfigError
 from worker.http.dashboard.session import (
     Session,
     csrf_problem,
@@ -56,9 +57,34 @@ def test_csrf_tokens_are_bound_to_session_and_purpose_and_expire():
     assert "no valid token" in (csrf_problem(KEY, "sid", "requeue-7", None, NOW, 3600) or "")
 
 
-def test_the_key_is_the_same_for_the_same_tokens_and_changes_with_them():
-    admin, reader = "a" * 64, "b" * 64
-    one = load_settings(admin_token_sha256=[admin], reader_token_sha256=[reader])
-    two = load_settings(admin_token_sha256=[admin], reader_token_sha256=[reader])
-    rotated = load_settings(admin_token_sha256=["c" * 64], reader_token_sha256=[reader])
+def test_the_key_is_the_same_for_the_same_secret_and_tokens_and_changes_with_them():
+    """Processes given one secret sign alike; a rotated token or another secret ends the sessions."""
+    admin, reader, secret = "a" * 64, "b" * 64, "s" * 32
+    one = load_settings(admin_token_sha256=[admin], reader_token_sha256=[reader], http_session_secret=secret)
+    two = load_settings(admin_token_sha256=[admin], reader_token_sha256=[reader], http_session_secret=secret)
+    rotated = load_settings(
+        admin_token_sha256=["c" * 64], reader_token_sha256=[reader], http_session_secret=secret
+    )
+    other = load_settings(
+        admin_token_sha256=[admin], reader_token_sha256=[reader], http_session_secret="t" * 32
+    )
     assert session_key(one) == session_key(two) != session_key(rotated)
+    assert session_key(one) != session_key(other)
+
+
+def test_the_token_digests_alone_are_no_key():
+    """Without the secret, the key comes from the process's random bytes: reading the settings (the
+    digests) is not enough to forge a login."""
+    settings = load_settings(admin_token_sha256=["a" * 64])
+    with pytest.raises(ValueError, match="EVENTWORKER_HTTP_SESSION_SECRET"):
+        session_key(settings)
+    assert session_key(settings, fallback=b"x" * 32) != session_key(settings, fallback=b"y" * 32)
+
+
+def test_the_session_secret_is_kept_out_of_logs_and_config():
+    """The secret is redacted like a password: in the log redaction list, masked in the settings' dump."""
+    settings = load_settings(http_session_secret="s3cret-" * 5)
+    assert "s3cret-" * 5 in settings.secrets()
+    assert settings.redacted()["http_session_secret"] == "***"
+    with pytest.raises(ConfigError, match="EVENTWORKER_HTTP_SESSION_SECRET"):
+        load_settings(http_session_secret="short")

@@ -8,7 +8,7 @@ import re
 import socket
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -259,6 +259,12 @@ class Settings(BaseSettings):
     http_csrf_seconds: PositiveFloat = Field(
         3600.0, description="Seconds a dashboard form's CSRF token stays valid."
     )
+    http_session_secret: SecretStr | None = Field(
+        None,
+        description="Secret (32 characters or more) that signs dashboard logins and forms; give every serve"
+        " process of a deployment the same one. Unset: a random one per process, so a login holds only on"
+        " the process that made it, until it restarts.",
+    )
     handler_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Modules registering event handlers, as comma-separated import paths.",
@@ -342,6 +348,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"{entry!r} is not an address or a network (CIDR)") from None
         return value
 
+    @field_validator("http_session_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be 32 characters or more (e.g. the output of `openssl rand -hex 32`)")
+        return value
+
     @field_validator("application_name")
     @classmethod
     def _application_name(cls, value: str | None) -> str | None:
@@ -355,10 +368,12 @@ class Settings(BaseSettings):
         return self.application_name or default_application_name()
 
     def secrets(self) -> list[str]:
-        """Passwords found in the configured URLs, for log redaction."""
+        """Passwords found in the configured URLs, and the session secret, for log redaction."""
         found = [make_url(url).password for url in (self.database_url, self.database_read_url) if url]
         if self.redis_url != MEMORY_REDIS:
             found += redis_url_secrets(self.redis_url)
+        if self.http_session_secret is not None:
+            found.append(self.http_session_secret.get_secret_value())
         return [s for s in found if s]
 
     def redacted(self) -> dict[str, Any]:
@@ -368,6 +383,8 @@ class Settings(BaseSettings):
         if self.database_read_url is not None:
             data["database_read_url"] = redact_url(self.database_read_url)
         data["redis_url"] = redact_redis_url(self.redis_url)
+        if self.http_session_secret is not None:
+            data["http_session_secret"] = "***"  # noqa: S105 - the mask shown instead of the secret
         return data
 
 

@@ -10,6 +10,7 @@ and metrics).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +26,7 @@ from worker.db.engine import Database
 from worker.db.replica import ReadRouter
 from worker.domain.producers import Producers
 from worker.http.dashboard import routes as dashboard
+from worker.http.dashboard.session import session_key
 from worker.http.limits import Admission, parse_networks
 from worker.http.metrics import HttpMetrics, MetricsMiddleware
 from worker.http.problems import PROBLEM_JSON, Problem, problem_response
@@ -119,7 +121,14 @@ def create_app(
             status_reader=StatusReader(settings),
             reads=ReadRouter(settings) if settings.database_read_url else None,
             anonymous_events=anonymous_events,
+            session_key=session_key(settings, fallback=secrets.token_bytes(32)),
         )
+        if settings.http_session_secret is None and (
+            settings.admin_token_sha256 or settings.reader_token_sha256
+        ):
+            log.warning(
+                "http.session_secret_unset", effect="logins hold only on this process, until it restarts"
+            )
         log.info("http.started", producers=None if producers is None else len(producers.by_digest))
         try:
             yield

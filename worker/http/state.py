@@ -55,6 +55,8 @@ class HttpState:
     """What ``/api/status`` and the dashboard show; its own engine and pool, like the old dashboard's."""
     reads: ReadRouter | None = None
     """Where heavy reads go with ``DATABASE_READ_URL``: the replica while it keeps up; None without one."""
+    session_key: bytes = b""
+    """Signs the dashboard's logins and forms (:func:`worker.http.dashboard.session.session_key`)."""
     anonymous_events: bool = True
     """Without a producers file, whether anyone may send events: yes on loopback (serve listens only
     there then); no for ``eventworker dashboard`` told to listen further."""

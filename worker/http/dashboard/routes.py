@@ -62,7 +62,7 @@ def _open(state: HttpState) -> bool:
 
 def _viewer(request: Request, state: HttpState) -> sessions.Session | None:
     """The signed-in operator (or one with a bearer token: a session of this request only)."""
-    key = sessions.session_key(state.settings)
+    key = state.session_key
     found = sessions.decode_session(key, request.cookies.get(sessions.SESSION_COOKIE), time.time())
     if found is not None:
         return found
@@ -100,7 +100,7 @@ async def page(request: Request, state: StateDep, done: str | None = None) -> Re
     if viewer is None and not _open(state):
         return RedirectResponse(LOGIN, status_code=303)
     status = await state.status()
-    key = sessions.session_key(state.settings)
+    key = state.session_key
     nonce = secrets.token_urlsafe(16)
     page = render_page(
         status,
@@ -137,7 +137,7 @@ async def login_page(state: StateDep) -> Response:
 
 def _login_form(state: HttpState, problem: str | None = None, status_code: int = 200) -> Response:
     nonce = secrets.token_urlsafe(16)
-    key = sessions.session_key(state.settings)
+    key = state.session_key
     response = _render(
         "login.html",
         status_code=status_code,
@@ -158,7 +158,7 @@ async def login(
 ) -> Response:
     """Check the form's token and the operator token; a session cookie for 303 to the page."""
     settings = state.settings
-    key = sessions.session_key(settings)
+    key = state.session_key
     nonce = request.cookies.get(sessions.LOGIN_COOKIE, "")
     problem = sessions.csrf_problem(key, nonce, "login", csrf, time.time(), settings.http_csrf_seconds)
     if problem is not None:
@@ -187,7 +187,7 @@ async def _admin_form(request: Request, state: HttpState, purpose: str, csrf: st
     viewer = _viewer(request, state)
     if viewer is None or viewer.role != "admin" or viewer.sid == "bearer":
         raise Problem("forbidden", "sign in at /login with the admin token to act")
-    key = sessions.session_key(state.settings)
+    key = state.session_key
     problem = sessions.csrf_problem(
         key, viewer.sid, purpose, csrf, time.time(), state.settings.http_csrf_seconds
     )
@@ -199,7 +199,7 @@ async def _admin_form(request: Request, state: HttpState, purpose: str, csrf: st
 async def logout(request: Request, state: StateDep, csrf: Annotated[str, Form()] = "") -> Response:
     """End the session (the cookie is dropped) and go to the sign-in page."""
     viewer = _viewer(request, state)
-    key = sessions.session_key(state.settings)
+    key = state.session_key
     if viewer is not None and sessions.csrf_problem(
         key, viewer.sid, "logout", csrf, time.time(), state.settings.http_csrf_seconds
     ):

@@ -9,8 +9,10 @@ the page carries a CSRF token, ``<issued>.<HMAC(session id, issued, purpose)>``,
 refused with 403 and does nothing. The login form's token is bound the same way to a random
 pre-login cookie.
 
-The key is derived from the operator tokens' digests (:func:`session_key`): every ``serve`` process
-of a deployment computes the same one, and changing a token ends every session signed before.
+The key (:func:`session_key`) is made from ``EVENTWORKER_HTTP_SESSION_SECRET`` and the operator
+tokens' digests: every ``serve`` process given the same secret makes the same key, and changing a
+token ends every session signed before. The digests alone are no key: they are in the settings,
+which are not secret. Without the secret each process draws a random one at start-up.
 """
 
 from __future__ import annotations
@@ -31,10 +33,15 @@ LOGIN_COOKIE: Final = "ew_login"
 Role = Literal["reader", "admin"]
 
 
-def session_key(settings: Settings) -> bytes:
-    """The signing key of sessions and forms, the same in every process with the same tokens."""
+def session_key(settings: Settings, fallback: bytes | None = None) -> bytes:
+    """The signing key of sessions and forms: from the configured secret, else from ``fallback`` (a
+    process's random bytes); the same wherever both and the tokens are the same."""
+    configured = settings.http_session_secret
+    secret = configured.get_secret_value().encode() if configured is not None else fallback
+    if secret is None:
+        raise ValueError("no session secret: configure EVENTWORKER_HTTP_SESSION_SECRET or pass a fallback")
     digests = ",".join([*sorted(settings.admin_token_sha256), "|", *sorted(settings.reader_token_sha256)])
-    return hashlib.sha256(b"eventworker dashboard session\0" + digests.encode()).digest()
+    return hmac.new(secret, b"eventworker dashboard session\0" + digests.encode(), hashlib.sha256).digest()
 
 
 def _sign(key: bytes, message: str) -> str:
