@@ -346,3 +346,17 @@ async def test_only_prepared_statement_clashes_name_the_setting(pg_url):
     assert pooler_mismatch(duplicate.value) == 'prepared statement "twice" already exists'
     assert pooler_mismatch(missing.value) == 'prepared statement "never_prepared" does not exist'
     assert pooler_mismatch(other.value) is None
+
+
+async def test_status_behind_pgbouncer_without_the_setting_names_it_once(
+    one_server_connection, pg_database, redis_url
+):
+    """`status` reads five sections of the database: meeting the clash, it says so in one problem line
+    naming the setting, not once per section, and claims no figure it could not read."""
+    await _leave_a_named_statement(one_server_connection, pg_database)
+    env = process_env(DATABASE_URL=one_server_connection.url(pg_database), REDIS_URL=redis_url)
+    status, output = await _command(env, "status")
+    assert status == 1, output
+    line = _one_line_naming_the_setting(output)
+    assert "could not read" in line
+    assert "failed jobs: unknown (could not read)" in output

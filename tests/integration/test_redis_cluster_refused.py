@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from redis_servers import RedisNode, wait_until
+from redis_servers import RedisNode, free_port, wait_until
 from support import WorkerProcess, process_env
 
 from worker.errors import ConfigError
@@ -31,7 +31,9 @@ REFUSAL = "is a Redis Cluster node; eventworker runs on arq, which has no Redis 
 def cluster_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisNode]:
     node = RedisNode(
         tmp_path_factory.mktemp("cluster"),
-        ["cluster-enabled yes", "cluster-config-file nodes.conf"],
+        # The cluster bus listens on a port of its own: by default the node's + 10000, which a free
+        # port above 55535 cannot have (redis-server then refuses to start: a CI run met it).
+        ["cluster-enabled yes", "cluster-config-file nodes.conf", f"cluster-port {free_port()}"],
         password=PASSWORD,
     )
     node.start()
