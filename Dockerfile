@@ -4,8 +4,8 @@
 # migrations, any other CLI subcommand works the same way. Configure it with DATABASE_URL,
 # REDIS_URL and EVENTWORKER_* variables, or mount a settings.env at /app/settings.env.
 #
-# Two stages: the builder installs the locked runtime dependencies (with the psycopg, mysql, http
-# extras) and then the project into /opt/venv; the final image gets that virtualenv only, so no
+# Two stages: the builder installs the locked runtime dependencies (with the psycopg, mysql, http,
+# otel extras) and then the project into /opt/venv; the final image gets that virtualenv only, so no
 # source tree or pip cache ends up in it. Both stages use the same base image, because the
 # virtualenv's python is a link to the base's interpreter.
 

@@ -34,8 +34,8 @@ DOCS = ["docs", "docs/_build/html"]  # the site's sources and where it is built
 
 # Every install goes through a lock file in requirements/: each package pinned to one version and the
 # sha256 of each of its files, so two installs a month apart run the same code. dev.txt is what the
-# tests, lint and docs need (every extra); runtime.txt is the image's set (the psycopg, mysql, http
-# extras), pinned to the same versions. Both also pin the build backend (setuptools), and the project
+# tests, lint and docs need (every extra); runtime.txt is the image's set (the psycopg, mysql, http,
+# otel extras), pinned to the same versions. Both also pin the build backend (setuptools), and the project
 # itself is installed from the tree without its dependencies and without build isolation, so nothing
 # outside the lock is fetched. pip itself, the installer, is the one the Python ships.
 #
@@ -48,7 +48,7 @@ DOCS = ["docs", "docs/_build/html"]  # the site's sources and where it is built
 LOCKS = ROOT / "requirements"
 #: Each lock file and the extras of pyproject.toml it holds. runtime.txt is resolved under dev.txt's
 #: pins (a constraint), so a package both hold has the same version in both.
-LOCK_EXTRAS = {"dev": ["dev"], "runtime": ["psycopg", "mysql", "http"]}
+LOCK_EXTRAS = {"dev": ["dev"], "runtime": ["psycopg", "mysql", "http", "otel"]}
 #: The uv that `dev.py lock` runs: a fixed version, so that the same inputs give the same lock.
 UV_VERSION = "0.13.8"
 INPUTS_LINE = "# inputs-sha256: "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 
@@ -39,6 +40,7 @@ from worker.errors import InvalidArgument
 from worker.logging import get_logger, redact_text
 from worker.runtime.context import WorkerContext
 from worker.runtime.jobrunner import job
+from worker.tracing import hooks
 
 log = get_logger("eventworker.handlers")
 
@@ -111,32 +113,44 @@ async def _attempt(
 async def run_one(ctx: WorkerContext, registry: HandlerRegistry, run_id: int, tries: int) -> str:
     """Take run ``run_id`` (listed after ``tries`` failures), run its handler, record the outcome.
 
-    Returns ``done``, ``retrying``, ``failed`` or ``skipped`` (someone else has it).
+    Returns ``done``, ``retrying``, ``failed`` or ``skipped`` (someone else has it). With tracing on,
+    the run is a span in its event's own trace (:func:`worker.tracing.hooks.handler_run`).
     """
     settings, db = ctx["settings"], ctx["db"]
     timing = retry_timing(settings)
-    async with db.transaction(RUN_HANDLERS_JOB) as session:
-        run = await handler_sql.claim_run(session, run_id, tries)
-        registration = registry.get(run.handler) if run is not None else None
-        if run is None or registration is None:
-            return "skipped"
-        started = time.perf_counter()
-        exc = await _attempt(registration, run.event, session, settings.job_timeout * HANDLER_TIMEOUT_SHARE)
-        duration_ms = round((time.perf_counter() - started) * 1000, 2)
-        context = {"handler": run.handler, "run_id": run.id, "event_seq": run.event_seq, "try": run.tries + 1}
-        if exc is None:
-            await handler_sql.mark_done(session, run, _now())
-            log.debug("handler.done", **context, duration_ms=duration_ms)
-            return "done"
-        last = run.tries + 1 >= timing.max_tries
-        error = redact_text(error_text(exc), settings.secrets())
-        await handler_sql.mark_failed_try(session, run, error, _now(), last=last)
-    if last:
-        log.error("handler.failed", **context, error=error[:500], duration_ms=duration_ms)
-        return "failed"
-    retry_in = timing.delay(run.id, run.tries + 1)
-    log.warning("handler.retry", **context, error=error[:500], retry_in_s=round(retry_in, 2))
-    return "retrying"
+    with ExitStack() as traced:  # the run's span lasts until its outcome is committed and logged
+        async with db.transaction(RUN_HANDLERS_JOB) as session:
+            run = await handler_sql.claim_run(session, run_id, tries)
+            registration = registry.get(run.handler) if run is not None else None
+            if run is None or registration is None:
+                return "skipped"
+            span = traced.enter_context(hooks.handler_run(run.handler, run.id, run.tries + 1, run.event))
+            started = time.perf_counter()
+            exc = await _attempt(
+                registration, run.event, session, settings.job_timeout * HANDLER_TIMEOUT_SHARE
+            )
+            duration_ms = round((time.perf_counter() - started) * 1000, 2)
+            context = {
+                "handler": run.handler,
+                "run_id": run.id,
+                "event_seq": run.event_seq,
+                "try": run.tries + 1,
+            }
+            if exc is None:
+                await handler_sql.mark_done(session, run, _now())
+                span.ended("done", None)
+                log.debug("handler.done", **context, duration_ms=duration_ms)
+                return "done"
+            last = run.tries + 1 >= timing.max_tries
+            span.ended("failed" if last else "retrying", exc)
+            error = redact_text(error_text(exc), settings.secrets())
+            await handler_sql.mark_failed_try(session, run, error, _now(), last=last)
+        if last:
+            log.error("handler.failed", **context, error=error[:500], duration_ms=duration_ms)
+            return "failed"
+        retry_in = timing.delay(run.id, run.tries + 1)
+        log.warning("handler.retry", **context, error=error[:500], retry_in_s=round(retry_in, 2))
+        return "retrying"
 
 
 async def _due(db: Database, names: list[str], timing: RetryTiming, limit: int) -> list[tuple[int, int]]:

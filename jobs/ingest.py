@@ -5,6 +5,7 @@ stored (also when another worker stores them at the same moment); everything
 else goes into ``dead_letters`` byte for byte, in the same transaction. So do the
 pending runs of the event handlers registered for the new events' types (the
 outbox, see ``worker.domain.handlers``); once committed, a ``run_handlers`` job is enqueued.
+With tracing on, the job try's span links to the trace each stored event carries (``traceparent``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from worker.domain.wire import batch_rows
 from worker.logging import get_logger
 from worker.runtime.context import NO_METRICS, WorkerContext
 from worker.runtime.jobrunner import job
+from worker.tracing import hooks
 
 log = get_logger("eventworker.ingest")
 
@@ -41,6 +43,9 @@ async def ingest_events(ctx: WorkerContext, events: Any) -> IngestResult:
     batch = batch_rows(events, ctx["settings"].max_event_bytes, now, job_id)
     validated = time.perf_counter()
     rows = batch.rows
+    if hooks.ACTIVE is not None:
+        inputs = len(rows) + batch.duplicates + len(batch.rejected)
+        hooks.ACTIVE.link_events([row["extensions"] for row in rows], inputs)
     dead = [statements.dead_letter_row(r, r.position, job_id, INGEST_JOB, now) for r in batch.rejected]
     handlers_by_type = configured_registry(ctx["settings"]).names_by_type()
     async with ctx["db"].transaction(INGEST_JOB) as session:

@@ -4,7 +4,8 @@
 run on a schema that is behind; then it starts the metrics server (when configured)
 and the worker's :class:`~worker.runtime.monitor.Monitor` (heartbeat, metrics samples).
 ``on_shutdown`` stops the monitor and disposes the engine, so no connection outlives
-the worker. ``on_job_start`` binds the job's identity into every log line the job writes.
+the worker, then stops tracing (if the start-up started it: its last spans are exported).
+``on_job_start`` binds the job's identity into every log line the job writes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from worker.logging import get_logger, redact_text
 from worker.runtime.context import WorkerContext
 from worker.runtime.metrics import Metrics
 from worker.runtime.monitor import Monitor
+from worker.tracing import hooks
 
 #: The collector's young-generation threshold in a worker (CPython's default is 700). Decoding one
 #: batch of a thousand events makes some 25,000 container objects at once, nearly all freed by
@@ -121,6 +123,7 @@ async def on_shutdown(ctx: WorkerContext) -> None:
     if metrics is not None:
         metrics.close()
     log.info("worker.stopped", worker_id=ctx["worker_id"])
+    hooks.stop()
 
 
 async def on_job_start(ctx: WorkerContext) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
 import orjson
@@ -57,9 +57,10 @@ def _json_dumps(value: Any, **_: Any) -> str:
     return orjson.dumps(value, default=repr).decode()
 
 
-def _shared_processors() -> list[Processor]:
+def _shared_processors(extra: Sequence[Processor] = ()) -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
+        *extra,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),
@@ -69,12 +70,18 @@ def _shared_processors() -> list[Processor]:
 
 
 def configure_logging(
-    level: str = "INFO", fmt: str = "auto", secrets: Iterable[str] = (), stream: TextIO | None = None
+    level: str = "INFO",
+    fmt: str = "auto",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+    processors: Sequence[Processor] = (),
 ) -> None:
     """Send structlog and standard-library records through one redacting pipeline to ``stream``.
 
     ``fmt``: ``json``, ``console`` or ``auto`` (console when the stream is a terminal).
     arq's own per-job INFO lines (which print job arguments) are kept only at DEBUG.
+    ``processors`` run on every line, ours and the standard library's, after the bound context
+    (with tracing on: the ids of the span a line is written in, ``worker.tracing.hooks.log_processors``).
     """
     stream = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
@@ -89,7 +96,7 @@ def configure_logging(
     )
     renderer = RedactingRenderer(final[-1], secrets)
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=_shared_processors(),
+        foreign_pre_chain=_shared_processors(processors),
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final[:-1], renderer],
     )
     handler = logging.StreamHandler(stream)
@@ -106,7 +113,7 @@ def configure_logging(
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
-            *_shared_processors(),
+            *_shared_processors(processors),
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -29,6 +29,7 @@ from worker.protocol.redis import MEMORY_URL, memory_pool, patch_arq_for_memory,
 from worker.protocol.serialization import job_deserializer, serialize
 from worker.runtime.context import WorkerContext, worker_id
 from worker.runtime.jobrunner import RECORD_TRIES, JobFunction
+from worker.tracing import hooks
 
 #: The jobs a worker runs when asked, each by its function's name (a name of ``worker.constants``).
 FUNCTIONS: tuple[JobFunction, ...] = (
@@ -82,8 +83,14 @@ ARQ_TRY_LIMIT = 1000
 log = get_logger("eventworker.worker")
 
 
+#: The ``service.name`` of a worker's spans when ``OTEL_SERVICE_NAME`` gives none.
+TRACING_SERVICE = "eventworker"
+
+
 def _configure_logging(settings: Settings) -> None:
-    configure_logging(settings.log_level, settings.log_format, settings.secrets())
+    configure_logging(
+        settings.log_level, settings.log_format, settings.secrets(), processors=hooks.log_processors()
+    )
 
 
 async def _startup(ctx: WorkerContext) -> None:
@@ -93,6 +100,9 @@ async def _startup(ctx: WorkerContext) -> None:
     try:
         if settings.redis_url != MEMORY_URL:
             await refuse_cluster(ctx["redis"], settings.redis_url)  # before any job meets a MOVED
+        # Before the engine exists (its statements are spanned from the start); off unless OTEL_* ask.
+        if hooks.start(TRACING_SERVICE, settings.secrets()) is not None:
+            _configure_logging(settings)  # every line written inside a span names it
         await lifecycle.on_startup(ctx)
     except EventWorkerError as exc:
         log.error("worker.refused_to_start", error=str(exc))

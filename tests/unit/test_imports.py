@@ -41,3 +41,9 @@ def test_a_job_loads_no_observation_code():
         "worker.db.sql.status_sql",
     }
     assert loaded & unwanted == set()
+
+
+def test_the_worker_and_the_producer_load_no_opentelemetry():
+    """Tracing off (no OTEL_* variables), nothing imports OpenTelemetry: the otel extra is optional."""
+    for module in ("worker.producer", "jobs.ingest", "jobs.handlers", "worker.main", "worker.commands.cli"):
+        assert under(loaded_by(module), "opentelemetry") == set(), module

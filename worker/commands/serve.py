@@ -13,6 +13,7 @@ from worker.commands.base import examples, settings_or_exit
 from worker.config import Settings
 from worker.errors import ConfigError
 from worker.logging import configure_logging
+from worker.tracing import hooks
 
 
 def start_http(
@@ -38,6 +39,11 @@ def start_http(
     configure_logging(settings.log_level, settings.log_format, settings.secrets())
     try:
         producers = load_producers(settings)
+        # Before the application is made: its tracing middleware is added only with tracing on.
+        if hooks.start(f"eventworker-{what}", settings.secrets(), set_global=False) is not None:
+            configure_logging(
+                settings.log_level, settings.log_format, settings.secrets(), processors=hooks.log_processors()
+            )
     except ConfigError as exc:
         click.echo(f"eventworker: configuration error: {exc}", err=True)
         raise SystemExit(2) from None
@@ -57,7 +63,10 @@ def start_http(
     shown = f"[{shown}]" if ":" in shown else shown
     click.echo(f"{what} on http://{shown}:{bound}/ (events: POST /events; API: /api; docs: /docs)")
     click.echo("Ctrl-C or SIGTERM stops it, after the requests in flight")
-    serve(settings, sock, producers)
+    try:
+        serve(settings, sock, producers)
+    finally:
+        hooks.stop()
 
 
 @click.command(

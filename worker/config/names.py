@@ -21,6 +21,7 @@ OTHER_VARIABLES: Final = {
     ENV_PREFIX + "TEST_REDIS_URL": "the tests' Redis (tests/conftest.py)",
     ENV_PREFIX + "TEST_CHROMIUM": "the browser the dashboard test drives (tests/e2e/test_operating.py)",
     ENV_PREFIX + "TEST_SCREENSHOT": "where the dashboard test saves its image (tests/e2e/test_operating.py)",
+    ENV_PREFIX + "TEST_TRACE_PICTURE": "where the tracing test draws a trace (tests/e2e/)",
     ENV_PREFIX + "SOAK_SECONDS": "how long each fault runs with --soak (tests/faults/conftest.py)",
     ENV_PREFIX + "BENCH_REDIS_URL": "the benchmarks' Redis (bench/common.py)",
 }

@@ -3,7 +3,8 @@
 Every connection is tagged with the worker's application name (PostgreSQL
 ``application_name``, MySQL/MariaDB connection attribute ``program_name``) so the
 server's own views show who holds it. While a job's transaction runs on
-PostgreSQL, the tag also names the job (``SET LOCAL`` through ``set_config``).
+PostgreSQL, the tag also names the job (``SET LOCAL`` through ``set_config``). With tracing on,
+every engine's statements are spans (:meth:`worker.tracing.hooks.Tracing.instrument_engine`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from worker.db.failures import is_asyncpg_out_of_step, unannounced_pooler
 from worker.db.sql import statements
 from worker.errors import ConfigError
 from worker.protocol.serialization import deserialize
+from worker.tracing import hooks
 
 
 def _json_dumps(value: Any) -> str:
@@ -147,6 +149,8 @@ def make_engine(settings: Settings, *, replica: bool = False) -> AsyncEngine:
         event.listen(engine.sync_engine, "handle_error", _asyncpg_out_of_step_is_a_disconnect)
     if url.get_backend_name() == "postgresql" and settings.db_pooler != "transaction":
         event.listen(engine.sync_engine, "handle_error", _pooler_unannounced)
+    if hooks.ACTIVE is not None:
+        hooks.ACTIVE.instrument_engine(engine.sync_engine)
     return engine
 
 

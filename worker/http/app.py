@@ -32,11 +32,13 @@ from worker.http.metrics import HttpMetrics, MetricsMiddleware
 from worker.http.problems import PROBLEM_JSON, Problem, problem_response
 from worker.http.routes import events, health, operator
 from worker.http.state import HttpState
+from worker.http.tracing import TracingMiddleware
 from worker.logging import get_logger
 from worker.ops.status import StatusReader
 from worker.protocol.producer import EventProducer
 from worker.protocol.redis import MEMORY_URL, memory_pool, worker_pool
 from worker.protocol.serialization import deserialize
+from worker.tracing import hooks
 
 log = get_logger("eventworker.http")
 
@@ -154,6 +156,8 @@ def create_app(
     app.include_router(health.router)
     app.include_router(dashboard.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if hooks.ACTIVE is not None:  # outermost: the span covers the metrics' timing too
+        app.add_middleware(TracingMiddleware)
     return app
 
 

@@ -24,6 +24,9 @@ acknowledged it (``WAIT``, see :mod:`worker.protocol.replicated`): a failover th
 them keeps it. A job the replicas did not confirm within ``replica_timeout`` seconds is tried again
 under the same id (kept as it is if the primary still has it, written again if it was lost), and
 after the last try :class:`EnqueueError` is raised: an unconfirmed batch is never reported as sent.
+
+When the application traces with OpenTelemetry and a span is active, each enqueue is a ``send``
+span and the events without a ``traceparent`` carry its context (:mod:`worker.tracing.carry`).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from worker.protocol.events import CloudEvent
 from worker.protocol.redis import UNAVAILABLE, connect, redacted
 from worker.protocol.replicated import enqueue_and_wait
 from worker.protocol.serialization import deserialize, serialize
+from worker.tracing import carry
 
 EventLike = CloudEvent | Mapping[str, Any] | Any
 
@@ -205,6 +209,11 @@ class EventProducer:
         Redis could not be reached on any try.
         """
         job_id = job_id or uuid.uuid4().hex
+        with carry.sending(self.queue_name, job_id, events) as stamped:
+            return await self._enqueue_tries(stamped, job_id, _enqueued)
+
+    async def _enqueue_tries(self, events: list[Any], job_id: str, enqueued: list[str] | None) -> str:
+        """Every try of one enqueue, with back-off between them (see :meth:`emit_batch`)."""
         tries = self.retries + 1
         for attempt in range(1, tries + 1):
             try:
@@ -215,7 +224,7 @@ class EventProducer:
                 failure = exc
             if attempt == tries:
                 raise EnqueueError(
-                    redacted(self.redis_url), job_id, tries, failure, _enqueued or []
+                    redacted(self.redis_url), job_id, tries, failure, enqueued or []
                 ) from failure
             await asyncio.sleep(backoff(attempt, self.retry_delay, self.retry_max_delay))
         raise AssertionError("unreachable: the last try returns or raises")  # pragma: no cover

@@ -12,7 +12,9 @@ Each try is also reported to the worker's monitor (:func:`tracked`), which recor
 which worker runs it and, for cron jobs, how their last run ended, and counted in the worker's
 metrics. Both are known here only by what this module uses of them
 (:class:`~worker.runtime.context.JobMonitor`, :class:`~worker.runtime.context.JobMetrics`):
-a job imports neither the monitor nor prometheus_client.
+a job imports neither the monitor nor prometheus_client. With tracing on, each try is a span
+(:meth:`worker.tracing.hooks.Tracing.job_try`) that ends with the job's counts or with the retry
+logic's class of its failure; with tracing off it costs a read of ``hooks.ACTIVE`` per try.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ from worker.errors import JobFailed
 from worker.logging import get_logger, redact_text
 from worker.protocol.serialization import serialize
 from worker.runtime.context import NO_METRICS, WorkerContext
-from worker.runtime.retry import DATABASE_UNAVAILABLE, GiveUp, RetryLater, decide
+from worker.runtime.retry import DATABASE_UNAVAILABLE, GiveUp, RetryLater, classify, decide
+from worker.tracing import hooks
+from worker.tracing.hooks import JobSpan
 
 #: Extra arq tries beyond ``max_tries`` in which a job only records its own failure.
 RECORD_TRIES = 2
@@ -129,19 +133,40 @@ def job(function: JobFunction) -> JobFunction:
     @functools.wraps(function)
     async def run(ctx: WorkerContext, *args: Any, **kwargs: Any) -> Any:
         structlog.contextvars.bind_contextvars(job_name=name)
+        tracing = hooks.ACTIVE
+        if tracing is None:
+            async with tracked(ctx, name):
+                return await _run(ctx, function, name, args, kwargs)
+        with tracing.job_try(ctx, name) as span:
+            async with tracked(ctx, name):
+                return await _run(ctx, function, name, args, kwargs, span)
+
+    @functools.wraps(function)
+    async def untraced(ctx: WorkerContext, *args: Any, **kwargs: Any) -> Any:
+        structlog.contextvars.bind_contextvars(job_name=name)
         async with tracked(ctx, name):
             return await _run(ctx, function, name, args, kwargs)
 
-    return run
+    return untraced if hooks.BYPASS else run
 
 
 async def _run(
-    ctx: WorkerContext, function: JobFunction, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ctx: WorkerContext,
+    function: JobFunction,
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    span: JobSpan | None = None,
 ) -> Any:
-    """One try of ``function``: time limit, metrics, and the retry-or-record decision on failure."""
+    """One try of ``function``: time limit, metrics, and the retry-or-record decision on failure.
+
+    ``span``: the try's span, told how the try ended (tracing on).
+    """
     settings = ctx["settings"]
     job_try = ctx.get("job_try", 1)
     if job_try > settings.max_tries:
+        if span is not None:
+            span.failed(None, "interrupted", "failed", None)
         await _give_up(
             ctx, name, args, kwargs, "interrupted on every try (worker killed or timed out)", job_try - 1
         )
@@ -163,6 +188,9 @@ async def _run(
             if waits is not None:
                 delay = backoff(waits, settings.retry_base_delay, settings.retry_max_delay)
                 decision = RetryLater(delay, DATABASE_UNAVAILABLE)
+        if span is not None:
+            retry_in = decision.delay if isinstance(decision, RetryLater) else None
+            span.failed(exc, classify(exc), "failed" if retry_in is None else "retry", retry_in)
         if isinstance(decision, RetryLater):
             log.warning(
                 "job.retry",
@@ -176,6 +204,8 @@ async def _run(
         assert isinstance(decision, GiveUp)
         await _give_up(ctx, name, args, kwargs, f"{decision.reason}: {error}", job_try)
     elapsed = time.perf_counter() - started
+    if span is not None:
+        span.succeeded(result)
     metrics.job_succeeded(name, elapsed)
     log.debug("job.done", duration_ms=round(elapsed * 1000, 2))
     return result

@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.db.sql import history
 from worker.domain.export import EXPORT_COLUMNS, RECEIVED_ATTRIBUTE, SEQ_ATTRIBUTE, ExportFilter
+from worker.tracing import hooks
 
 #: Drivers whose connection can stream ``COPY ... TO STDOUT`` to a callback.
 _COPY_DRIVERS = frozenset({"asyncpg"})
@@ -176,7 +177,12 @@ async def copy_ndjson(
         raw = await connection.get_raw_connection()
         driver: Any = raw.driver_connection
         try:
-            await driver.copy_from_query(str(compiled), *args, output=output, **COPY_OPTIONS)
+            if hooks.ACTIVE is None:
+                await driver.copy_from_query(str(compiled), *args, output=output, **COPY_OPTIONS)
+            else:  # straight to asyncpg, past the SQL instrumentation: spanned here
+                statement = f"COPY ({compiled}) TO STDOUT"
+                with hooks.ACTIVE.database_call("postgresql", "COPY", "events", statement):
+                    await driver.copy_from_query(str(compiled), *args, output=output, **COPY_OPTIONS)
         except BaseException:
             # A COPY cut short (an error in ``output``, a cancellation) leaves asyncpg waiting for
             # the server to end it, and the rollback would fail on the busy connection: the

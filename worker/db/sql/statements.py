@@ -23,6 +23,7 @@ from worker.db.dialect import insert_ignoring_duplicates
 from worker.db.models import DeadLetter, Event, FailedJob
 from worker.domain.rows import EVENT_COLUMNS, EventRow
 from worker.protocol.events import Rejection
+from worker.tracing import hooks
 
 EVENTS: Table = Event.__table__  # type: ignore[assignment]
 DEAD_LETTERS: Table = DeadLetter.__table__  # type: ignore[assignment]
@@ -70,6 +71,8 @@ _FROM_STAGE = text(
     bindparam("job_id", type_=EVENTS.c.job_id.type),
 )
 _plain_values = itemgetter(*_PLAIN_COLUMNS)
+#: What asyncpg sends for the COPY, as a trace shows it.
+_COPY_STATEMENT = f"COPY {_STAGE} ({', '.join(_STAGE_COLUMNS)}) FROM STDIN (FORMAT binary)"
 
 
 def _json_bytes(value: Any) -> bytes | None:
@@ -141,7 +144,13 @@ async def _copy_events(session: AsyncSession, rows: Sequence[EventRow]) -> int:
     elif not driver.is_in_transaction():
         # SQLAlchemy sends BEGIN with the first statement, which the COPY (to the driver) is not.
         await session.execute(_ENSURE_STAGE)
-    await driver.copy_records_to_table(_STAGE, records=_records(rows), columns=_STAGE_COLUMNS)
+    records = _records(rows)
+    tracing = hooks.ACTIVE
+    if tracing is None:
+        await driver.copy_records_to_table(_STAGE, records=records, columns=_STAGE_COLUMNS)
+    else:  # the SQL instrumentation sees what goes through SQLAlchemy; this goes to asyncpg itself
+        with tracing.database_call("postgresql", "COPY", _STAGE, _COPY_STATEMENT):
+            await driver.copy_records_to_table(_STAGE, records=records, columns=_STAGE_COLUMNS)
     first = rows[0]
     batch = {"received_at": first["received_at"], "job_id": first["job_id"]}
     result = await session.execute(_FROM_STAGE, batch)
