@@ -101,7 +101,9 @@ async def _startup(ctx: WorkerContext) -> None:
         if settings.redis_url != MEMORY_URL:
             await refuse_cluster(ctx["redis"], settings.redis_url)  # before any job meets a MOVED
         # Before the engine exists (its statements are spanned from the start); off unless OTEL_* ask.
-        if hooks.start(TRACING_SERVICE, settings.secrets()) is not None:
+        tracing = hooks.start(TRACING_SERVICE, settings.secrets())
+        if tracing is not None:
+            tracing.quiet_outside_spans()  # arq's main task: its polls and claims are no spans
             _configure_logging(settings)  # every line written inside a span names it
         await lifecycle.on_startup(ctx)
     except EventWorkerError as exc:

@@ -25,7 +25,7 @@ from httpserve import InThreadServer
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
 from opentelemetry.trace import SpanKind, StatusCode
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -70,9 +70,9 @@ HOSTILE: list[Any] = [
 class Traced:
     """This test's tracing: its provider (for an application's spans) and what was exported."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Sampler = ALWAYS_ON) -> None:
         self.exporter = InMemorySpanExporter()
-        self.provider = TracerProvider(sampler=DropOrphanClients(ParentBased(ALWAYS_ON)))
+        self.provider = TracerProvider(sampler=DropOrphanClients(ParentBased(root)))
         self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
         self.tracing = OtelTracing(self.provider, owns_provider=False)
 
@@ -95,9 +95,12 @@ class Traced:
 
 
 @pytest.fixture
-def traced() -> Iterator[Traced]:
-    """eventworker's tracing on a provider of this test's own; removed afterwards (Redis unwrapped)."""
-    state = Traced()
+def traced(request: pytest.FixtureRequest) -> Iterator[Traced]:
+    """eventworker's tracing on a provider of this test's own; removed afterwards (Redis unwrapped).
+
+    Every trace started here is sampled, unless the test parametrizes the root sampler (``indirect``).
+    """
+    state = Traced(getattr(request, "param", ALWAYS_ON))
     state.tracing.instrument_redis()
     hooks.install(state.tracing)
     yield state
@@ -410,3 +413,27 @@ async def test_every_dialects_statements_are_spans_under_the_job_and_the_handler
     assert run.context.trace_id == shop.context.trace_id
     statements = [str(s.attributes.get("db.statement", "")) for s in traced.children(run)]
     assert any(statement.startswith("SELECT count(*)") for statement in statements)
+
+
+@pytest.mark.parametrize("traced", [ALWAYS_OFF], indirect=True, ids=["roots never sampled"])
+async def test_an_unsampled_job_costs_its_children_nothing_and_a_sampled_events_runs_are_kept(
+    traced, registry, pg_settings
+):
+    """Roots never sampled (as with a 1 % ratio, 99 times in 100): no job span and nothing under one is
+    recorded, while a handler run on an event whose producer sampled its trace is, with its SQL."""
+
+    @registry.handler(ORDER, name="count")
+    async def count(event: StoredEvent, session: AsyncSession) -> None:
+        await session.scalar(select(func.count()).select_from(Event))
+
+    sampled = f"00-{OTHER_TRACE}-00f067aa0ba902b7-01"
+    source = unique_source()
+    async with EventProducer(pg_settings.redis_url, queue_name=pg_settings.queue_name) as producer:
+        await producer.emit_batch([order(1, source, traceparent=sampled), order(2, source)])
+    await run_worker(pg_settings)
+    run = traced.one("handler count")
+    assert run.context.trace_id == int(OTHER_TRACE, 16)
+    assert any(
+        str(s.attributes.get("db.statement", "")).startswith("SELECT count(*)") for s in traced.children(run)
+    )
+    assert {s.context.trace_id for s in traced.spans} == {int(OTHER_TRACE, 16)}

@@ -80,6 +80,9 @@ class Tracing(Protocol):
     def instrument_engine(self, sync_engine: Any) -> None:
         """Span every statement of this SQLAlchemy engine (its ``sync_engine``)."""
 
+    def quiet_outside_spans(self) -> None:
+        """Instrumentation off in the calling task and the tasks it starts, but inside eventworker's spans."""
+
     def log_processors(self) -> list[Callable[..., Any]]:
         """structlog processors that add ``trace_id`` and ``span_id`` to lines written inside a span."""
 

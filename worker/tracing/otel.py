@@ -17,9 +17,12 @@ What one trace holds, and why it is shaped so (docs/tracing.md shows one):
   (every dialect); the COPY statements eventworker sends to asyncpg directly get a span each
   (:meth:`OtelTracing.database_call`). **Redis** commands come from
   ``opentelemetry-instrumentation-redis``.
-- **No span without a job or a request**: a statement or Redis command outside any span is dropped
-  by the sampler (:class:`DropOrphanClients`): arq polls its queue about twenty times a second,
-  and the worker's heartbeat writes every few seconds; neither is a trace.
+- **No span without a job or a request**: arq polls its queue about twenty times a second, and the
+  worker's heartbeat writes every few seconds; neither is a trace. In a worker the instrumentation
+  is off outside eventworker's spans (:meth:`OtelTracing.quiet_outside_spans`: its wrappers return
+  at their first check), and on inside a span only if it is recorded (a span the sampler dropped
+  costs its children nothing); elsewhere the sampler drops a client span without a parent
+  (:class:`DropOrphanClients`).
 
 Exception messages recorded on spans are redacted as log lines are (URL passwords, the configured
 secrets).
@@ -35,7 +38,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
-from opentelemetry.context import Context
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, Context
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
@@ -111,6 +114,12 @@ def remote_context(traceparent: object, tracestate: object = None) -> SpanContex
         trace_flags=TraceFlags(parent.flags),
         trace_state=TraceState(members) if members else None,
     )
+
+
+def current(span: Span) -> Context:
+    """A context with ``span`` current, where the SQL and Redis instrumentation is on only if it records."""
+    recorded = trace.set_span_in_context(span)
+    return otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, not span.is_recording(), recorded)
 
 
 def add_trace_ids(_logger: WrappedLogger, _name: str, event_dict: EventDict) -> EventDict:
@@ -247,6 +256,12 @@ class OtelTracing:
         """eventworker's tracer."""
         return self._tracer
 
+    def quiet_outside_spans(self) -> None:
+        """Instrumentation off in the calling task and in every task it starts, but inside
+        eventworker's spans (called in arq's main task at start-up: the polls, the job claims, the
+        results and the heartbeat cost one check each, not a span the sampler then drops)."""
+        otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+
     def log_processors(self) -> list[Callable[..., Any]]:
         """:func:`add_trace_ids`."""
         return [add_trace_ids]
@@ -299,7 +314,7 @@ class OtelTracing:
             attributes=attributes,
         )
         handle = OtelJobSpan(span, self.secrets)
-        token = otel_context.attach(trace.set_span_in_context(span))
+        token = otel_context.attach(current(span))
         try:
             yield handle
         except BaseException as exc:
@@ -362,16 +377,15 @@ class OtelTracing:
                     "eventworker.event.seq": event.seq,
                 }
             )
-        with self._tracer.start_as_current_span(
-            f"handler {handler}",
-            context=context,
-            kind=SpanKind.INTERNAL,
-            attributes=attributes,
-            links=links,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
+        span = self._tracer.start_span(
+            f"handler {handler}", context=context, kind=SpanKind.INTERNAL, attributes=attributes, links=links
+        )
+        token = otel_context.attach(current(span))
+        try:
             yield OtelHandlerSpan(span, self.secrets)
+        finally:
+            otel_context.detach(token)
+            span.end()
 
     @contextmanager
     def database_call(self, system: str, operation: str, table: str, statement: str) -> Iterator[None]:
@@ -411,12 +425,15 @@ class OtelTracing:
                 tracestate = value.decode("latin-1")
         parent = remote_context(traceparent, tracestate)
         context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent is not None else Context()
-        with self._tracer.start_as_current_span(
+        span = self._tracer.start_span(
             method,
             context=context,
             kind=SpanKind.SERVER,
             attributes={"http.request.method": method, "url.path": path, "url.scheme": scheme},
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
+        )
+        token = otel_context.attach(current(span))
+        try:
             yield OtelHttpSpan(span, method)
+        finally:
+            otel_context.detach(token)
+            span.end()
