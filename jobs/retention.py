@@ -14,6 +14,15 @@ the two exports its remaining events again next time: files may overlap, none mi
 event. (An event stored after the export began with a ``received_at`` already past the
 retention, possible only with a retention shorter than a job, would be deleted unexported.)
 
+On PostgreSQL with a partitioned ``events`` (:mod:`worker.db.sql.partition_sql`), the events go by
+whole partitions instead: each partition whose rows were all received before the cutoff is
+exported (with the others of the run, into the run's one file) and then dropped, its handler
+runs and identities with it, in a time that does not grow with its rows but for the identities'
+chunked delete. A partition still holding a row younger than the cutoff stays whole until the next
+run after its last row's time, so rows outlive their retention by up to one partition interval.
+The rows of a converted table (its first partition, up to the cut-over time) go in chunks, as
+above, until that partition is wholly past retention and is dropped.
+
 The worker's job time limit applies to a cron run; a first run over a large backlog is
 best done with ``eventworker retention``, which has none.
 """
@@ -32,8 +41,9 @@ from jobs.export import ExportSummary, export_to_file
 from worker.config import Settings
 from worker.constants import APPLY_RETENTION_JOB
 from worker.db.engine import Database
-from worker.db.sql import history
+from worker.db.sql import history, partition_sql
 from worker.domain.export import ExportFilter, ExportFormat, ExportProgress
+from worker.domain.partitions import LEGACY, expired
 from worker.logging import get_logger
 from worker.runtime.context import WorkerContext
 from worker.runtime.jobrunner import job
@@ -47,6 +57,7 @@ class RetentionResult(TypedDict):
 
     events_deleted: int
     event_chunks: int
+    partitions_dropped: int
     dead_letters_deleted: int
     dead_letter_chunks: int
     exported_path: str | None
@@ -101,7 +112,77 @@ async def _export_expiring(db: Database, settings: Settings, cutoff: datetime) -
     )
 
 
+async def _drop_detached(db: Database, name: str, limit: int, result: RetentionResult) -> None:
+    """Delete the identities of a detached partition's rows in chunks, then drop it.
+
+    The events counted are the identities deleted: the partition's rows, but for those whose
+    identity a run cut short had deleted already.
+    """
+    async with db.engine.connect() as connection:
+        received = await partition_sql.received_range(connection, name)
+    rows = 0
+    while received is not None:
+        async with db.transaction(APPLY_RETENTION_JOB) as session:
+            deleted = await partition_sql.delete_keys_chunk(session, *received, limit)
+        rows += deleted
+        if deleted < limit:
+            break
+    async with db.transaction(APPLY_RETENTION_JOB) as session:
+        await partition_sql.drop_table(session, name)
+    result["events_deleted"] += rows
+    result["partitions_dropped"] += 1
+    log.info("retention.partition_dropped", partition=name, rows=rows)
+
+
+async def _expire_partitions(
+    db: Database, settings: Settings, cutoff: datetime, result: RetentionResult
+) -> None:
+    """Retention of a partitioned ``events``: whole partitions, then a converted table's rows in chunks."""
+    limit = settings.retention_chunk_size
+    finished = await partition_sql.finalize_pending(db.engine)  # detaches a run before left half done
+    async with db.engine.connect() as connection:
+        leftovers = await partition_sql.detached_tables(connection)
+        partitions = await partition_sql.read_partitions(connection)
+    for name in leftovers:  # detached by a run cut short, after its export
+        await _drop_detached(db, name, limit, result)
+    due = expired(partitions, cutoff)
+    legacy = next((p for p in partitions if p.name == LEGACY and p not in due), None)
+    if not due and legacy is None:
+        if finished:
+            log.info("retention.detach_finalized", partitions=finished)
+        return
+    up_to_seq = None
+    if settings.retention_export_dir:
+        summary = await _export_expiring(db, settings, due[-1].upper if due else cutoff)
+        if summary.rows:
+            result["exported_path"], result["exported_rows"] = str(summary.path), summary.rows
+            up_to_seq = summary.last_seq
+            log.info("retention.exported", path=str(summary.path), rows=summary.rows, bytes=summary.bytes)
+        else:
+            legacy = None  # none of its rows is old enough; empty partitions still go
+    for partition in due:
+        async with db.transaction(APPLY_RETENTION_JOB) as session:
+            runs = await partition_sql.delete_handler_runs_of(session, partition.name)
+        await partition_sql.detach(db.engine, partition.name)
+        log.info("retention.partition_detached", partition=partition.name, handler_runs=runs)
+        await _drop_detached(db, partition.name, limit, result)
+    if legacy is not None:
+
+        def delete_chunk(session: AsyncSession) -> Awaitable[int]:
+            return partition_sql.delete_legacy_chunk(session, cutoff, limit, up_to_seq)
+
+        deleted, chunks = await _delete_in_chunks(db, "events", delete_chunk, limit)
+        result["events_deleted"] += deleted
+        result["event_chunks"] += chunks
+
+
 async def _expire_events(db: Database, settings: Settings, cutoff: datetime, result: RetentionResult) -> None:
+    if db.dialect == "postgresql":
+        async with db.engine.connect() as connection:
+            shape = await partition_sql.read_layout(connection)
+        if shape.partitioned:
+            await _expire_partitions(db, settings, cutoff, result)
+            return
     limit, up_to_seq = settings.retention_chunk_size, None
     if settings.retention_export_dir:
         summary = await _export_expiring(db, settings, cutoff)
@@ -123,6 +204,7 @@ async def run_retention(db: Database, settings: Settings, now: datetime) -> Rete
     result = RetentionResult(
         events_deleted=0,
         event_chunks=0,
+        partitions_dropped=0,
         dead_letters_deleted=0,
         dead_letter_chunks=0,
         exported_path=None,

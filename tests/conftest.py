@@ -6,7 +6,9 @@ migrated template (asyncpg, psycopg), MariaDB databases (aiomysql, asyncmy), a S
 file (aiosqlite). ``pg_settings`` pins a test to PostgreSQL/asyncpg. A module that defines
 its ``backend`` fixture over :data:`WITH_POOLER` also runs its tests through a PgBouncer in
 transaction mode (:data:`POOLED_BACKENDS`, the session's ``pgbouncer``), with
-``EVENTWORKER_DB_POOLER=transaction``.
+``EVENTWORKER_DB_POOLER=transaction``, and on PostgreSQL with ``events`` partitioned by day
+(:data:`PARTITIONED_BACKENDS`: copies of a template that migration 0003 partitioned, as
+``eventworker migrate`` does a new database).
 
 Integration and e2e tests use the real servers on loopback. A server that is down
 makes the tests that need it error out loudly; nothing is skipped. Override the
@@ -20,6 +22,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
 import pytest
@@ -45,7 +48,10 @@ SERVER_BACKENDS = ("asyncpg", "psycopg", "aiomysql", "asyncmy")
 #: The PostgreSQL drivers through a PgBouncer in transaction mode: extra backends for the tests of
 #: ingestion, exports, rollups and handlers (their modules' ``backend`` runs over :data:`WITH_POOLER`).
 POOLED_BACKENDS = ("asyncpg via pgbouncer", "psycopg via pgbouncer")
-WITH_POOLER = (*BACKENDS, *POOLED_BACKENDS)
+#: The PostgreSQL drivers on a partitioned ``events`` (the tests of ingestion, exports, rollups and
+#: handlers run on them too, through :data:`WITH_POOLER`; retention's own tests ask for them).
+PARTITIONED_BACKENDS = ("asyncpg partitioned", "psycopg partitioned")
+WITH_POOLER = (*BACKENDS, *POOLED_BACKENDS, *PARTITIONED_BACKENDS)
 
 
 def _dsn(database: str) -> str:
@@ -69,22 +75,32 @@ def pg_database_url(database: str, password: str | None = None, driver: str = "a
     return url.render_as_string(hide_password=False)
 
 
-@pytest.fixture(scope="session")
-def pg_template() -> Iterator[str]:
-    """A database migrated to head, copied for each test."""
-    name = f"ew_template_{os.getpid()}"
-
+def _template(name: str, partition_interval: str) -> Iterator[str]:
     async def build() -> None:
         await _admin(f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"')
         db = Database.from_settings(load_settings(database_url=pg_database_url(name)))
         try:
-            await schema.upgrade(db.engine)
+            await schema.upgrade(db.engine, partition_interval=partition_interval)
         finally:
             await db.dispose()
 
-    asyncio.run(build())
+    # In a thread of its own: a template first asked for by an async fixture is built inside its loop.
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, build()).result()
     yield name
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A database migrated to head, ``events`` one table, copied for each test."""
+    yield from _template(f"ew_template_{os.getpid()}", "none")
+
+
+@pytest.fixture(scope="session")
+def pg_partitioned_template() -> Iterator[str]:
+    """A database migrated to head with ``events`` partitioned by day, copied for each test."""
+    yield from _template(f"ew_template_partitioned_{os.getpid()}", "day")
 
 
 async def _fresh_database(template: str | None) -> str:
@@ -199,6 +215,10 @@ async def database_url(
     if backend in {"asyncpg", "psycopg"}:
         name = await _fresh_database(pg_template)
         yield pg_database_url(name, driver=backend)
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    elif backend in PARTITIONED_BACKENDS:
+        name = await _fresh_database(request.getfixturevalue("pg_partitioned_template"))
+        yield pg_database_url(name, driver=backend.split()[0])
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     elif backend in POOLED_BACKENDS:
         bouncer: PgBouncer = request.getfixturevalue("pgbouncer")  # started only for the tests using it

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from jobs.rollup import update
 from worker.config import Settings
 from worker.db.engine import Database
 from worker.db.models import DeadLetter, Event
-from worker.db.sql import status_sql
+from worker.db.sql import partition_sql, status_sql
 from worker.main import worker_settings
 from worker.protocol.producer import EventProducer
 from worker.protocol.serialization import deserialize
@@ -119,6 +120,16 @@ async def catch_up_rollups(settings: Settings, within: float = 30) -> None:
             await asyncio.sleep(0.1)
     finally:
         await db.dispose()
+
+
+async def make_partitions(session: Any, times: list[datetime]) -> None:
+    """The partitions rows received at ``times`` need, on a partitioned events (PostgreSQL), as an
+    ingest makes them; nothing elsewhere. For tests that write events rows themselves."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    layout = await partition_sql.read_layout(session)
+    if layout.partitioned:
+        await partition_sql.ensure_partitions(session, times, layout.interval)
 
 
 async def count(db: Database, model: type[Event] | type[DeadLetter]) -> int:

@@ -33,9 +33,12 @@ EVENT_STATS_JOB: Final = "event_stats"
 #: The cron job that exports and deletes events older than the retention period.
 APPLY_RETENTION_JOB: Final = "apply_retention"
 
+#: The cron job that keeps partitions of a partitioned ``events`` (PostgreSQL) made ahead of now.
+MAINTAIN_PARTITIONS_JOB: Final = "maintain_partitions"
+
 #: The cron jobs every worker schedules (``worker.main.cron_jobs``), in the order ``eventworker status``
 #: shows them.
-CRON_JOBS: Final = (UPDATE_ROLLUPS_JOB, APPLY_RETENTION_JOB, SWEEP_HANDLERS_JOB)
+CRON_JOBS: Final = (UPDATE_ROLLUPS_JOB, APPLY_RETENTION_JOB, SWEEP_HANDLERS_JOB, MAINTAIN_PARTITIONS_JOB)
 
 #: arq's default queue; kept so that producers written against plain arq reach us.
 DEFAULT_QUEUE: Final = "arq:queue"

@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 import arq
 import pytest
 from click.testing import CliRunner
+from conftest import BACKENDS, PARTITIONED_BACKENDS
 from sqlalchemy import text
-from support import job_ctx
+from support import job_ctx, make_partitions
 
 from jobs.stats import build_report, event_stats
 from worker.commands.stats import stats_command
@@ -22,6 +23,13 @@ from worker.domain.report import Window, percentile
 from worker.errors import JobFailed
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=(*BACKENDS, *PARTITIONED_BACKENDS))
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every driver, and PostgreSQL with events partitioned by day."""
+    return str(request.param)
+
 
 START = datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
 WINDOW = Window(START, START + timedelta(hours=1), "1h")
@@ -71,6 +79,7 @@ async def store_known_data(db: Database) -> None:
     letters = [_letter(n, "invalid", START + timedelta(seconds=n)) for n in range(3)]
     letters += [_letter(3, "too_large", START), _letter(4, "invalid", START - timedelta(seconds=1))]
     async with db.transaction() as session:
+        await make_partitions(session, [row.received_at for row in rows])
         session.add_all([*rows, *letters])
 
 
@@ -123,6 +132,7 @@ async def test_the_report_equals_a_straightforward_computation(db, fan_out):
     stored = [_event(n, START + timedelta(seconds=n), *fields) for n, fields in enumerate(rows)]
     stored.append(_event(1000, WINDOW.end, "type999", "source999", "subject999", 1.0))  # outside
     async with db.transaction() as session:
+        await make_partitions(session, [row.received_at for row in stored])
         session.add_all(stored)
     report = await build_report(db, WINDOW, fan_out=fan_out)
     assert report.events == len(rows)

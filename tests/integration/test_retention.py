@@ -101,6 +101,7 @@ async def test_retention_deletes_old_rows_in_chunks_with_a_commit_each(settings,
     assert result == {
         "events_deleted": 50,
         "event_chunks": 8,
+        "partitions_dropped": 0,
         "dead_letters_deleted": 12,
         "dead_letter_chunks": 2,
         "exported_path": None,

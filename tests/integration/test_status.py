@@ -14,12 +14,19 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from conftest import BACKENDS, PARTITIONED_BACKENDS
 from support import catch_up_rollups, enqueue, event, run_worker, unique_source
 
 from worker.ops.status import gather_status
 from worker.protocol.producer import EventProducer
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=(*BACKENDS, *PARTITIONED_BACKENDS))
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every driver, and PostgreSQL with events partitioned by day."""
+    return str(request.param)
 
 
 async def seed(settings) -> datetime:

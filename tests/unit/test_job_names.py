@@ -27,4 +27,5 @@ def test_the_cron_jobs_are_the_ones_in_constants():
         constants.UPDATE_ROLLUPS_JOB,
         constants.APPLY_RETENTION_JOB,
         constants.SWEEP_HANDLERS_JOB,
+        constants.MAINTAIN_PARTITIONS_JOB,
     )

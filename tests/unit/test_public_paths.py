@@ -14,6 +14,7 @@ import pytest
 DOCUMENTED_COMMANDS = {
     ("run",),
     ("migrate",),
+    ("partition",),
     ("enqueue",),
     ("serve",),
     ("dead-letters",),

@@ -22,7 +22,7 @@ from worker.commands.rollups import rollups_command
 from worker.commands.serve import serve_command
 from worker.commands.stats import stats_command
 from worker.commands.status import check_command, dashboard_command, health_command, status_command
-from worker.commands.worker import migrate_command, run_command
+from worker.commands.worker import migrate_command, partition_command, run_command
 
 
 @click.group(
@@ -42,6 +42,7 @@ for command in (
     # The worker, and what feeds it
     run_command,
     migrate_command,
+    partition_command,
     enqueue_command,
     serve_command,
     demo_command,

@@ -173,7 +173,12 @@ def retention_command() -> None:
 
     result = run_or_exit(with_database(settings, apply), settings)
     if settings.retention_days is not None:
-        line = f"events: deleted {result['events_deleted']:,} in {plural(result['event_chunks'], 'chunk')}"
+        line = f"events: deleted {result['events_deleted']:,}"
+        dropped, chunks = result["partitions_dropped"], result["event_chunks"]
+        if dropped:
+            line += f" by dropping {plural(dropped, 'partition')}"
+        if chunks or not dropped:
+            line += f"{' and' if dropped else ''} in {plural(chunks, 'chunk')}"
         if result["exported_path"]:
             line += f", exported first to {result['exported_path']}"
         click.echo(line)

@@ -176,6 +176,17 @@ class Settings(BaseSettings):
     retention_export_dir: str | None = Field(
         None, description="When set, retention first exports the events it deletes there (gzipped NDJSON)."
     )
+    partition_interval: Literal["none", "hour", "day", "week", "month"] = Field(
+        "day",
+        description="PostgreSQL: events (and the retention of them) by time partitions of this size, when"
+        " `eventworker migrate` makes a new database or `eventworker partition` converts one; none keeps one"
+        " table. MySQL/MariaDB and SQLite always keep one table.",
+    )
+    partitions_ahead: PositiveInt = Field(
+        3,
+        description="PostgreSQL, partitioned events: intervals of partitions the hourly maintain_partitions"
+        " job keeps made ahead of now (an event whose partition is missing gets it made then and there).",
+    )
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = Field(
         None, description="Serve Prometheus metrics on this port (0 picks a free one); unset serves none."
     )

@@ -195,3 +195,14 @@ _PG_SERIALIZATION_FAILURE = "40001"
 def is_serialization_failure(exc: BaseException) -> bool:
     """True when ``exc`` says another transaction changed what this one read (PostgreSQL 40001)."""
     return isinstance(exc, sa_exc.DBAPIError) and _sqlstate(exc.orig) == _PG_SERIALIZATION_FAILURE
+
+
+#: PostgreSQL SQLSTATEs that mean ``events`` is not laid out as the connection took it to be: an
+#: ``ON CONFLICT`` target no unique index matches (invalid_column_reference: the table was partitioned
+#: meanwhile) and a row no partition takes (check_violation, "no partition of relation ... found").
+_PG_LAYOUT_CHANGED = frozenset({"42P10", "23514"})
+
+
+def is_layout_change(exc: BaseException) -> bool:
+    """True when ``exc`` says the events table's layout (partitioned or not, its partitions) changed."""
+    return _sqlstate(_driver_exception(exc)) in _PG_LAYOUT_CHANGED

@@ -65,15 +65,31 @@ async def behind_error(engine: AsyncEngine, failure: BaseException) -> SchemaBeh
     return None if current == head else SchemaBehindError(current, head)
 
 
-def _upgrade(connection: Connection, revision: str) -> None:
+#: ``Config.attributes`` keys a migration reads: how migration 0003 lays out a new database's events.
+PARTITION_INTERVAL = "partition_interval"
+PARTITIONS_AHEAD = "partitions_ahead"
+
+
+def _upgrade(connection: Connection, revision: str, attributes: dict[str, object]) -> None:
     config = alembic_config()
-    config.attributes["connection"] = connection
+    config.attributes.update(attributes, connection=connection)
     command.upgrade(config, revision)
 
 
-async def upgrade(engine: AsyncEngine, revision: str = "head") -> tuple[str | None, str | None]:
-    """Apply migrations up to ``revision``; return the revisions before and after."""
+async def upgrade(
+    engine: AsyncEngine,
+    revision: str = "head",
+    *,
+    partition_interval: str = "none",
+    partitions_ahead: int = 3,
+) -> tuple[str | None, str | None]:
+    """Apply migrations up to ``revision``; return the revisions before and after.
+
+    ``partition_interval``: on PostgreSQL, migration 0003 makes an empty ``events`` a table partitioned
+    by it, with ``partitions_ahead`` intervals made ahead (``none``: one table, as before).
+    """
     before = await current_revision(engine)
+    attributes = {PARTITION_INTERVAL: partition_interval, PARTITIONS_AHEAD: partitions_ahead}
     async with engine.begin() as connection:
-        await connection.run_sync(_upgrade, revision)
+        await connection.run_sync(_upgrade, revision, attributes)
     return before, await current_revision(engine)

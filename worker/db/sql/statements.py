@@ -3,6 +3,8 @@
 Storing exactly once goes through :func:`worker.db.dialect.insert_ignoring_duplicates`, the
 one place that knows PostgreSQL/SQLite say ``ON CONFLICT DO NOTHING`` and MySQL/MariaDB say
 ``INSERT IGNORE``; on asyncpg a large ingest batch takes the COPY path instead (:func:`insert_events`).
+A partitioned ``events`` (PostgreSQL) keeps its identities in ``event_keys``: the batch's keys are
+inserted first and only the events whose key was new follow (:mod:`worker.db.sql.partition_sql`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Table, bindparam, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from worker.db.dialect import insert_ignoring_duplicates
+from worker.db.failures import is_layout_change
 from worker.db.models import DeadLetter, Event, FailedJob
+from worker.db.sql import partition_sql
 from worker.domain.rows import EVENT_COLUMNS, EventRow
 from worker.protocol.events import Rejection
 from worker.tracing import hooks
@@ -66,6 +72,18 @@ _FROM_STAGE = text(
     f"INSERT INTO events ({', '.join(EVENT_COLUMNS)})"  # noqa: S608 - constants only
     f" SELECT {', '.join(map(_staged_value, EVENT_COLUMNS))} FROM {_STAGE}"
     " ORDER BY source, event_id ON CONFLICT (source, event_id) DO NOTHING"
+).bindparams(
+    bindparam("received_at", type_=EVENTS.c.received_at.type),
+    bindparam("job_id", type_=EVENTS.c.job_id.type),
+)
+#: The same into a partitioned ``events``: the identities into ``event_keys`` first, and only the
+#: staged events whose key was new into ``events``, in one statement.
+_FROM_STAGE_KEYED = text(
+    "WITH new AS (INSERT INTO event_keys (source, event_id, received_at)"  # noqa: S608 - constants only
+    f" SELECT source, event_id, :received_at FROM {_STAGE} ORDER BY source, event_id"
+    " ON CONFLICT (source, event_id) DO NOTHING RETURNING source, event_id)"
+    f" INSERT INTO events ({', '.join(EVENT_COLUMNS)})"
+    f" SELECT {', '.join(map(_staged_value, EVENT_COLUMNS))} FROM {_STAGE} JOIN new USING (source, event_id)"
 ).bindparams(
     bindparam("received_at", type_=EVENTS.c.received_at.type),
     bindparam("job_id", type_=EVENTS.c.job_id.type),
@@ -126,7 +144,7 @@ def create_stage(dbapi_connection: Any, connection_record: ConnectionPoolEntry) 
     connection_record.info[_STAGED] = True
 
 
-async def _copy_events(session: AsyncSession, rows: Sequence[EventRow]) -> int:
+async def _copy_events(session: AsyncSession, rows: Sequence[EventRow], *, keyed: bool = False) -> int:
     """asyncpg: COPY the batch into a temporary table, then one INSERT … SELECT.
 
     COPY moves rows in PostgreSQL's binary format, several times faster than a multi-row
@@ -134,6 +152,7 @@ async def _copy_events(session: AsyncSession, rows: Sequence[EventRow]) -> int:
     line counts the new rows. The COPY goes straight to the driver, in the transaction the
     session has begun. The staging table is the connection's (:func:`create_stage`), or,
     on an engine made without it (behind a transaction pooler), the transaction's own.
+    ``keyed``: into a partitioned ``events``, through ``event_keys`` (:data:`_FROM_STAGE_KEYED`).
     """
     connection = await session.connection()
     raw = await connection.get_raw_connection()
@@ -153,8 +172,58 @@ async def _copy_events(session: AsyncSession, rows: Sequence[EventRow]) -> int:
             await driver.copy_records_to_table(_STAGE, records=records, columns=_STAGE_COLUMNS)
     first = rows[0]
     batch = {"received_at": first["received_at"], "job_id": first["job_id"]}
-    result = await session.execute(_FROM_STAGE, batch)
+    result = await session.execute(_FROM_STAGE_KEYED if keyed else _FROM_STAGE, batch)
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def _insert_keyed(session: AsyncSession, rows: Sequence[EventRow]) -> int:
+    """Into a partitioned ``events`` without COPY: the new identities first, then their events."""
+    keys = partition_sql.EVENT_KEYS
+    claimed = (
+        postgresql.insert(keys)
+        .on_conflict_do_nothing(index_elements=["source", "event_id"])
+        .returning(keys.c.source, keys.c.event_id)
+    )
+    identities = [
+        {"source": row["source"], "event_id": row["event_id"], "received_at": row["received_at"]}
+        for row in rows
+    ]
+    new = {(source, event_id) for source, event_id in await session.execute(claimed, identities)}
+    fresh = [row for row in rows if (row["source"], row["event_id"]) in new]
+    if fresh:
+        await session.execute(insert(EVENTS), fresh)
+    return len(fresh)
+
+
+def _copies(session: AsyncSession, rows: Sequence[EventRow]) -> bool:
+    """Whether a batch takes the COPY path: asyncpg, large enough, one job's (one received_at and job_id)."""
+    bind = session.get_bind()
+    return (
+        len(rows) >= COPY_THRESHOLD
+        and bind.dialect.driver == "asyncpg"
+        and len({(row["received_at"], row["job_id"]) for row in rows}) == 1
+    )
+
+
+async def _insert_postgresql(session: AsyncSession, rows: Sequence[EventRow]) -> int:
+    shape = await partition_sql.layout(session)
+    try:
+        if shape.partitioned:
+            await partition_sql.ensure_partitions(
+                session, {row["received_at"] for row in rows}, shape.interval
+            )
+            return await (
+                _copy_events(session, rows, keyed=True)
+                if _copies(session, rows)
+                else _insert_keyed(session, rows)
+            )
+        if _copies(session, rows):
+            return await _copy_events(session, rows)
+        return await insert_ignoring_duplicates(session, EVENTS, rows, ("source", "event_id"))
+    except DBAPIError as exc:
+        if is_layout_change(exc):
+            await partition_sql.forget(session)  # read again by the retry, on whichever connection
+        raise
 
 
 async def insert_events(session: AsyncSession, rows: Sequence[EventRow]) -> int:
@@ -162,17 +231,14 @@ async def insert_events(session: AsyncSession, rows: Sequence[EventRow]) -> int:
 
     Rows go in identity order so that two batches sharing identities lock them in the
     same order and cannot deadlock each other. On asyncpg a large batch of one job (one
-    received_at and job_id, as the ingest job makes them) takes the COPY path.
+    received_at and job_id, as the ingest job makes them) takes the COPY path. Into a partitioned
+    ``events``, a row whose partition is missing gets it made first.
     """
     ordered = sorted(rows, key=_IDENTITY)
-    bind = session.get_bind()
-    if (
-        len(ordered) >= COPY_THRESHOLD
-        and bind.dialect.name == "postgresql"
-        and bind.dialect.driver == "asyncpg"
-        and len({(row["received_at"], row["job_id"]) for row in ordered}) == 1  # one job's batch
-    ):
-        return await _copy_events(session, ordered)
+    if not ordered:
+        return 0
+    if session.get_bind().dialect.name == "postgresql":
+        return await _insert_postgresql(session, ordered)
     return await insert_ignoring_duplicates(session, EVENTS, ordered, ("source", "event_id"))
 
 
