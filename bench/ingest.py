@@ -126,6 +126,8 @@ def _worker(
     queue: str,
     log: Path,
     database_url: str | None = None,
+    command: Sequence[str] | None = None,
+    extra_env: dict[str, str] | None = None,
     **settings: Any,
 ) -> WorkerProcess:
     env = worker_env(
@@ -140,6 +142,9 @@ def _worker(
     )
     if database_url is not None:  # the same database by another way (through PgBouncer)
         env["DATABASE_URL"] = database_url
+    env.update(extra_env or {})
+    if command is not None:  # another entry to the same worker (bench/tracing.py's)
+        return WorkerProcess(env, log, command).start()
     return WorkerProcess(env, log).start()
 
 
@@ -149,17 +154,20 @@ async def one_end_to_end(
     batch_json: list[bytes],
     run: int | str,
     database_url: str | None = None,
+    command: Sequence[str] | None = None,
+    extra_env: dict[str, str] | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
     """One timed run: enqueue every batch, wait for the worker to finish them, check what was stored.
 
-    ``database_url`` and ``settings`` (as ``EVENTWORKER_*``) change how the worker reaches ``db``.
+    ``database_url`` and ``settings`` (as ``EVENTWORKER_*``) change how the worker reaches ``db``;
+    ``command`` and ``extra_env`` how the worker process is started (the tracing section's ways).
     """
     from worker.protocol.producer import EventProducer
 
     queue = f"{RUN_TAG}:ingest:{run}"
     log = RESULTS / "logs" / f"ingest-worker-{run}.log"
-    worker = _worker(db, options, queue, log, database_url, **settings)
+    worker = _worker(db, options, queue, log, database_url, command, extra_env, **settings)
     peak_rss = 0.0
     try:
         await worker.ready(options.redis_url, queue)
@@ -242,7 +250,9 @@ async def through_pooler(
         order = ["direct", "pgbouncer"] if run % 2 == 0 else ["pgbouncer", "direct"]
         for way in order:
             await db.empty()
-            pooled = {"database_url": pooled_url, "db_pooler": "transaction"} if way == "pgbouncer" else {}
+            pooled: dict[str, Any] = (
+                {"database_url": pooled_url, "db_pooler": "transaction"} if way == "pgbouncer" else {}
+            )
             outcome = await one_end_to_end(db, options, batch_json, f"{way}-{run}", **pooled)
             if outcome["stored"] != expected:
                 raise AssertionError(f"{way}: stored {outcome['stored']} rows, expected {expected}")

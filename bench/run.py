@@ -10,10 +10,11 @@ executemany; enqueue-to-commit latency at 1,000 events/s and at half the peak), 
 ingest job alone, part by part), ``export`` (``bench/export.py`` at 1M and 5M rows), ``report``
 (``bench/report.py``), ``overhead`` (no-op jobs against bare arq), ``pgbouncer`` (end to end
 through PgBouncer in transaction mode against direct), ``durability`` (enqueue rate and end to end
-with ``durability="replicated"`` against the default, on a Sentinel group of its own) and, only when
-asked with
-``--soak SECONDS``, ``soak``. It prints one table and writes everything, with the load average
-before and after, to ``bench/results/suite.json`` (``--output``). Exit status 1 if a section failed.
+with ``durability="replicated"`` against the default, on a Sentinel group of its own), ``tracing``
+(no-op jobs and ingestion with the tracing hooks removed, tracing off, on at 100 % and at 1 %)
+and, only when asked with ``--soak SECONDS``, ``soak``. It prints one table and writes everything,
+with the load average before and after, to ``bench/results/suite.json`` (``--output``). Exit status
+1 if a section failed.
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ from bench.events import Mix
 from bench.ingest import IngestOptions, end_to_end, job_parts, one_latency, through_pooler
 from bench.overhead import overhead
 from bench.soak import soak
+from bench.tracing import tracing
 from tests.pgbouncer import PgBouncer  # the tests' own PgBouncer runner (Debian's pgbouncer package)
 
-SECTIONS = ("ingest", "job", "export", "report", "overhead", "pgbouncer", "durability")
+SECTIONS = ("ingest", "job", "export", "report", "overhead", "pgbouncer", "durability", "tracing")
 #: (full, smoke) sizes.
 SIZES: dict[str, tuple[Any, Any]] = {
     "events": (1_000_000, 2_000),
@@ -61,6 +63,8 @@ SIZES: dict[str, tuple[Any, Any]] = {
     "noop_jobs": (3000, 100),
     "pgbouncer_events": (300_000, 2_000),
     "durability_events": (200_000, 1_000),
+    "tracing_events": (200_000, 2_000),
+    "tracing_runs": (5, 1),
 }
 #: PgBouncer's server connections in the ``pgbouncer`` section: as many as the worker opens at most
 #: directly (pool_size + max_overflow, 5 + 5), so that the figure is the cost of the pooler alone.
@@ -207,6 +211,18 @@ async def run_durability(args: argparse.Namespace) -> dict[str, Any]:
         await db.drop()
 
 
+async def run_tracing(args: argparse.Namespace) -> dict[str, Any]:
+    """Section 9: no-op jobs and ingestion with the tracing hooks removed, off, on at 100 % and 1 %."""
+    events = args.events if args.events is not None else size(args, "tracing_events")
+    runs = args.runs if args.runs is not None else size(args, "tracing_runs")
+    options = replace(ingest_options(args), events=events)
+    db = await bench_database("tracing", args.pg_url).create()
+    try:
+        return await tracing(db, options, size(args, "noop_jobs"), runs, args.noop_max_jobs)
+    finally:
+        await db.drop()
+
+
 RUNNERS = {
     "ingest": run_ingest,
     "job": run_job,
@@ -216,6 +232,7 @@ RUNNERS = {
     "soak": run_soak,
     "pgbouncer": run_pgbouncer,
     "durability": run_durability,
+    "tracing": run_tracing,
 }
 
 
@@ -275,10 +292,10 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--soak", type=float, metavar="SECONDS", help="add the soak, this long (e.g. 600)")
     parser.add_argument("--soak-rate", type=float, default=2000, help="events/s during the soak (2000)")
     parser.add_argument(
-        "--events", type=int, help="events end to end (1000000, pgbouncer 300000; smoke 2000)"
+        "--events", type=int, help="events end to end (1000000, pgbouncer 300000, tracing 200000; smoke 2000)"
     )
     parser.add_argument("--batch-size", type=int, help="events per ingest job (1000; smoke 200)")
-    parser.add_argument("--runs", type=int, help="timed runs each way (3; smoke 1)")
+    parser.add_argument("--runs", type=int, help="timed runs each way (3, tracing 5; smoke 1)")
     parser.add_argument("--max-jobs", type=int, default=10, help="worker max_jobs for ingestion (10)")
     parser.add_argument("--poll-delay", type=float, default=0.05, help="worker poll_delay (0.05)")
     parser.add_argument("--keep-result", type=float, default=0, help="worker keep_result for throughput (0)")

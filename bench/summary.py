@@ -220,6 +220,43 @@ def durability_rows(result: dict[str, Any]) -> list[Row]:
     ]
 
 
+def tracing_rows(result: dict[str, Any]) -> list[Row]:
+    """Section 9: each way against the tracing hooks removed, same rounds (tracing off: within 3 %)."""
+    rows = []
+    for figure, rates, ratios, unit in (
+        ("no-op jobs/s", result["noop_jobs_per_s"], result["noop_ratio"], "jobs/s"),
+        (f"end to end, {result['events']:,} events", result["events_per_s"], result["ingest_ratio"], "ev/s"),
+    ):
+        baseline = f"hooks removed {rates['hooks removed']:,} {unit}"
+        for way in ("tracing off", "tracing on 100%", "tracing on 1%"):
+            off = way == "tracing off"
+            spans = "" if off or "jobs" in unit else f", {result['ingest_spans_per_job'][way]} spans/job"
+            rows.append(
+                Row(
+                    "9 tracing",
+                    f"{figure}, {way}{spans}",
+                    f"{rates[way]:,} {unit}",
+                    baseline,
+                    ratios[way],
+                    ">= 0.97x" if off else "",
+                    ratios[way] >= 0.97 if off else None,
+                )
+            )
+    alone = result["ingest_job_alone"]
+    rows.append(
+        Row(
+            "9 tracing",
+            f"job alone, {alone['batch_size']:,} events, tracing off ({alone['batches_each']} batches)",
+            f"{alone['median_ms']['tracing off']:.2f} ms",
+            f"hooks removed {alone['median_ms']['hooks removed']:.2f} ms",
+            alone["ratio"],
+            ">= 0.97x",
+            alone["ratio"] >= 0.97,
+        )
+    )
+    return rows
+
+
 ROWS = {
     "ingest": ingest_rows,
     "job": job_rows,
@@ -229,6 +266,7 @@ ROWS = {
     "soak": soak_rows,
     "pgbouncer": pgbouncer_rows,
     "durability": durability_rows,
+    "tracing": tracing_rows,
 }
 
 

@@ -13,7 +13,7 @@ from conftest import PG_URL
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = {"ingest", "job", "export", "report", "overhead", "pgbouncer", "durability"}
+SECTIONS = {"ingest", "job", "export", "report", "overhead", "pgbouncer", "durability", "tracing"}
 
 
 @pytest.mark.timeout(600)
