@@ -16,13 +16,20 @@ from arq.worker import func
 from jobs.export import export_events
 from jobs.handlers import run_handlers, sweep_handlers
 from jobs.ingest import ingest_events
+from jobs.partitions import maintain_partitions
 from jobs.retention import apply_retention
 from jobs.rollup import rebuild_rollups, update_rollups
 from jobs.stats import event_stats
 from jobs.undecodable import store_undecodable_job
 from worker import lifecycle
 from worker.config import Settings, load_settings, unknown_variables
-from worker.constants import APPLY_RETENTION_JOB, INGEST_JOB, SWEEP_HANDLERS_JOB, UPDATE_ROLLUPS_JOB
+from worker.constants import (
+    APPLY_RETENTION_JOB,
+    INGEST_JOB,
+    MAINTAIN_PARTITIONS_JOB,
+    SWEEP_HANDLERS_JOB,
+    UPDATE_ROLLUPS_JOB,
+)
 from worker.errors import ConfigError, EventWorkerError
 from worker.logging import configure_logging, get_logger
 from worker.protocol.redis import MEMORY_URL, memory_pool, patch_arq_for_memory, refuse_cluster, worker_pool
@@ -68,6 +75,14 @@ def cron_jobs() -> list[CronJob]:
             keep_result=kept,
         ),
         cron(cast(Any, sweep_handlers), name=SWEEP_HANDLERS_JOB, second=35, unique=True, keep_result=kept),
+        cron(
+            cast(Any, maintain_partitions),
+            name=MAINTAIN_PARTITIONS_JOB,
+            minute=45,
+            second=50,
+            unique=True,
+            keep_result=kept,
+        ),
     ]
 
 
