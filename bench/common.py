@@ -99,8 +99,9 @@ class BenchDatabase:
         finally:
             await connection.close()
 
-    async def create(self) -> BenchDatabase:
-        """Create the database afresh and migrate it to eventworker's schema."""
+    async def create(self, partition_interval: str = "none") -> BenchDatabase:
+        """Create the database afresh and migrate it to eventworker's schema (``events`` partitioned by
+        ``partition_interval`` on PostgreSQL, ``none`` keeping one table)."""
         from worker.config import load_settings
         from worker.db import schema
         from worker.db.engine import Database
@@ -109,7 +110,7 @@ class BenchDatabase:
         await self._admin(f'CREATE DATABASE "{self.name}"')
         db = Database.from_settings(load_settings(database_url=self.url, log_level="WARNING"))
         try:
-            await schema.upgrade(db.engine)
+            await schema.upgrade(db.engine, partition_interval=partition_interval)
         finally:
             await db.dispose()
         return self

@@ -11,10 +11,11 @@ ingest job alone, part by part), ``export`` (``bench/export.py`` at 1M and 5M ro
 (``bench/report.py``), ``overhead`` (no-op jobs against bare arq), ``pgbouncer`` (end to end
 through PgBouncer in transaction mode against direct), ``durability`` (enqueue rate and end to end
 with ``durability="replicated"`` against the default, on a Sentinel group of its own), ``tracing``
-(no-op jobs and ingestion with the tracing hooks removed, tracing off, on at 100 % and at 1 %)
-and, only when asked with ``--soak SECONDS``, ``soak``. It prints one table and writes everything,
-with the load average before and after, to ``bench/results/suite.json`` (``--output``). Exit status
-1 if a section failed.
+(no-op jobs and ingestion with the tracing hooks removed, tracing off, on at 100 % and at 1 %),
+``partitions`` (a partitioned ``events`` against one table: ingestion into 20 million stored rows,
+a day's retention, bytes, the conversion) and, only when asked with ``--soak SECONDS``, ``soak``.
+It prints one table and writes everything, with the load average before and after, to
+``bench/results/suite.json`` (``--output``). Exit status 1 if a section failed.
 """
 
 from __future__ import annotations
@@ -44,11 +45,22 @@ from bench.durability import durability
 from bench.events import Mix
 from bench.ingest import IngestOptions, end_to_end, job_parts, one_latency, through_pooler
 from bench.overhead import overhead
+from bench.partitions import PartitionOptions, partitions
 from bench.soak import soak
 from bench.tracing import tracing
 from tests.pgbouncer import PgBouncer  # the tests' own PgBouncer runner (Debian's pgbouncer package)
 
-SECTIONS = ("ingest", "job", "export", "report", "overhead", "pgbouncer", "durability", "tracing")
+SECTIONS = (
+    "ingest",
+    "job",
+    "export",
+    "report",
+    "overhead",
+    "pgbouncer",
+    "durability",
+    "tracing",
+    "partitions",
+)
 #: (full, smoke) sizes.
 SIZES: dict[str, tuple[Any, Any]] = {
     "events": (1_000_000, 2_000),
@@ -65,6 +77,8 @@ SIZES: dict[str, tuple[Any, Any]] = {
     "durability_events": (200_000, 1_000),
     "tracing_events": (200_000, 2_000),
     "tracing_runs": (5, 1),
+    "partition_rows": (20_000_000, 20_000),
+    "partition_events": (200_000, 2_000),
 }
 #: PgBouncer's server connections in the ``pgbouncer`` section: as many as the worker opens at most
 #: directly (pool_size + max_overflow, 5 + 5), so that the figure is the cost of the pooler alone.
@@ -223,6 +237,22 @@ async def run_tracing(args: argparse.Namespace) -> dict[str, Any]:
         await db.drop()
 
 
+async def run_partitions(args: argparse.Namespace) -> dict[str, Any]:
+    """Section 10: a partitioned events against one table, same run (bench/partitions.py)."""
+    options = PartitionOptions(
+        rows=size(args, "partition_rows"),
+        ingest_events=args.events if args.events is not None else size(args, "partition_events"),
+        batch_size=size(args, "batch_size"),
+        runs=size(args, "runs"),
+    )
+    plain, parted = bench_database("onetable", args.pg_url), bench_database("partitioned", args.pg_url)
+    try:
+        return await partitions(plain, parted, options)
+    finally:
+        await plain.drop()
+        await parted.drop()
+
+
 RUNNERS = {
     "ingest": run_ingest,
     "job": run_job,
@@ -233,6 +263,7 @@ RUNNERS = {
     "pgbouncer": run_pgbouncer,
     "durability": run_durability,
     "tracing": run_tracing,
+    "partitions": run_partitions,
 }
 
 
@@ -304,6 +335,9 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument(
         "--noop-max-jobs", type=int, default=10, help="max_jobs for the overhead section (10)"
+    )
+    parser.add_argument(
+        "--partition-rows", type=int, help="rows stored before the partitions section measures (20000000)"
     )
     parser.add_argument("--pg-url", default=PG_URL, help="PostgreSQL allowed to create databases")
     parser.add_argument("--redis-url", default=REDIS_URL, help="Redis database for the queues (db 13)")

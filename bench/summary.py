@@ -242,6 +242,18 @@ def tracing_rows(result: dict[str, Any]) -> list[Row]:
                     ratios[way] >= 0.97 if off else None,
                 )
             )
+    calls = result["noop_job_alone"]
+    rows.append(
+        Row(
+            "9 tracing",
+            f"no-op job alone, tracing off ({calls['calls_each']:,} calls), µs a call",
+            f"{calls['median_us']['tracing off']:.1f} µs",
+            f"hooks removed {calls['median_us']['hooks removed']:.1f} µs",
+            calls["ratio"],
+            ">= 0.97x",
+            calls["ratio"] >= 0.97,
+        )
+    )
     alone = result["ingest_job_alone"]
     rows.append(
         Row(
@@ -257,6 +269,72 @@ def tracing_rows(result: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def partitions_rows(result: dict[str, Any]) -> list[Row]:
+    """Section 10: a partitioned events against one table: ingestion, retention of a day, bytes."""
+    rows_n = result["options"]["rows"]
+    empty, loaded = result["empty"], result["loaded"]
+    rows = []
+    for name in ("partitioned", "one table"):
+        ratio = round(loaded[name]["events_per_s"] / empty[name]["events_per_s"], 2)
+        rows.append(
+            Row(
+                "10 partitions",
+                f"ingest job, {rows_n:,} rows stored, {name} (events/s)",
+                f"{loaded[name]['events_per_s']:,}",
+                f"empty {empty[name]['events_per_s']:,}",
+                ratio,
+                ">= 0.85x empty" if name == "partitioned" else "",
+                ratio >= 0.85 if name == "partitioned" else None,
+            )
+        )
+    ratio = round(loaded["partitioned"]["events_per_s"] / loaded["one table"]["events_per_s"], 2)
+    rows.append(
+        Row(
+            "10 partitions",
+            f"ingest job, {rows_n:,} rows stored: partitioned vs one table",
+            f"{loaded['partitioned']['events_per_s']:,}",
+            f"one table {loaded['one table']['events_per_s']:,}",
+            ratio,
+        )
+    )
+    parted, plain = result["retention"]["partitioned"], result["retention"]["one table"]
+    keys = parted["steps_s"].get("delete_keys_chunk", 0.0)
+    rows.append(
+        Row(
+            "10 partitions",
+            f"retention of a day, {parted['events_deleted']:,} events (identities' delete {keys:.2f} s)",
+            f"drop {parted['seconds']:.2f} s",
+            f"chunked DELETE {plain['seconds']:.2f} s",
+            round(parted["seconds"] / plain["seconds"], 3) if plain["seconds"] else None,
+        )
+    )
+    size = result["bytes"]
+    rows.append(
+        Row(
+            "10 partitions",
+            "bytes per million events (table + indexes; + event_keys)",
+            f"{size['partitioned']['events_per_million'] / 2**20:,.0f}"
+            f" + {size['partitioned']['event_keys_per_million'] / 2**20:,.0f} MiB",
+            f"one table {size['one table']['events_per_million'] / 2**20:,.0f} MiB",
+            round(
+                (size["partitioned"]["events_per_million"] + size["partitioned"]["event_keys_per_million"])
+                / size["one table"]["events_per_million"],
+                2,
+            ),
+        )
+    )
+    conversion = result["conversion"]
+    rows.append(
+        Row(
+            "10 partitions",
+            f"eventworker partition on {conversion['rows']:,} rows (s; ingestion waits only for the swap)",
+            f"{conversion['seconds']:.2f} s",
+            f"swap {conversion['steps_s'].get('swapped', 0):.2f} s",
+        )
+    )
+    return rows
+
+
 ROWS = {
     "ingest": ingest_rows,
     "job": job_rows,
@@ -267,6 +345,7 @@ ROWS = {
     "pgbouncer": pgbouncer_rows,
     "durability": durability_rows,
     "tracing": tracing_rows,
+    "partitions": partitions_rows,
 }
 
 

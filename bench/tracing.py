@@ -17,10 +17,11 @@ to last finish) and events per second end to end (as ``bench/ingest.py``'s ``end
 enqueue to last commit, the stored rows checked). Each way's ratio to "hooks removed" is the median
 of the per-round ratios. The target: tracing off within 3 % of the hooks removed.
 
-End to end, two cores shared with PostgreSQL, Redis, the producer and whatever else runs make single
-rounds differ by 10 % and more; so the ingest job is also timed alone, in this process
-(:func:`job_alone`): the job built both ways from the same function, batch after batch in turn, each
-way on batches of its own, the median time per batch.
+In worker processes, two cores shared with PostgreSQL, Redis, the producer and whatever else runs make
+single rounds differ by 10 % and more (a load spike in one round halved a way's no-op rate); so both
+jobs are also timed alone, in this process, each built both ways from the same function and run in
+turn: the ingest job batch after batch, each way on batches of its own (:func:`job_alone`), and the
+no-op job (the job runner around an empty transaction) in alternating blocks (:func:`noop_alone`).
 """
 
 from __future__ import annotations
@@ -249,6 +250,45 @@ async def job_alone(db: BenchDatabase, options: IngestOptions, batches_n: int) -
     }
 
 
+async def noop_alone(db: BenchDatabase, calls: int, block: int = 100) -> dict[str, Any]:
+    """The no-op job in this process, hooks removed against tracing off: microseconds a call, blocks of
+    ``block`` calls in turn, the median of the blocks."""
+    from worker.config import load_settings
+    from worker.db.engine import Database
+    from worker.runtime.jobrunner import job
+    from worker.tracing import hooks
+
+    assert hooks.ACTIVE is None, "tracing is off in the benchmark's own process"
+
+    async def noop(ctx: Any) -> None:
+        async with ctx["db"].transaction("noop"):
+            pass
+
+    hooks.BYPASS = True
+    ways = {BASELINE: job(noop)}
+    hooks.BYPASS = False
+    ways["tracing off"] = job(noop)
+    settings = load_settings(database_url=db.url, log_level="WARNING")
+    database = Database.from_settings(settings)
+    ctx = {"settings": settings, "db": database, "redis": None, "job_try": 1, "job_id": "noop"}
+    blocks: dict[str, list[float]] = {way: [] for way in ways}
+    try:
+        for n in range(max(1, calls // block)):
+            for way in list(ways) if n % 2 == 0 else list(ways)[::-1]:
+                started = time.perf_counter()
+                for _ in range(block):
+                    await ways[way](ctx)
+                blocks[way].append((time.perf_counter() - started) / block * 1e6)
+    finally:
+        await database.dispose()
+    medians = {way: median(values) for way, values in blocks.items()}
+    return {
+        "calls_each": len(blocks[BASELINE]) * block,
+        "median_us": {way: round(us, 2) for way, us in medians.items()},
+        "ratio": round(medians[BASELINE] / medians["tracing off"], 3),
+    }
+
+
 def _ratios(rates: dict[str, list[float]]) -> dict[str, float]:
     """Each way's median per-round ratio to the hooks removed (above 1: faster)."""
     return {
@@ -302,6 +342,7 @@ async def tracing(
     finally:
         receiver.stop()
     alone = await job_alone(db, options, max(4, min(200, options.events // options.batch_size)))
+    noop_calls = await noop_alone(db, max(200, noop_jobs * 5))
     jobs_per_run = len(batch_json)
     return {
         "runs": runs,
@@ -315,6 +356,7 @@ async def tracing(
         "ingest_ratio": _ratios(ingest),
         "ingest_spans_per_job": {way: round(median(v) / jobs_per_run, 1) for way, v in spans.items()},
         "ingest_job_alone": alone,
+        "noop_job_alone": noop_calls,
         "noop_spans_received": spans_before["spans"],
         "spans_received": received["spans"],
         "otlp_requests": received["requests"],

@@ -13,7 +13,17 @@ from conftest import PG_URL
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = {"ingest", "job", "export", "report", "overhead", "pgbouncer", "durability", "tracing"}
+SECTIONS = {
+    "ingest",
+    "job",
+    "export",
+    "report",
+    "overhead",
+    "pgbouncer",
+    "durability",
+    "tracing",
+    "partitions",
+}
 
 
 @pytest.mark.timeout(600)
