@@ -5,6 +5,10 @@ redis-server of this tier's own (with a real password; the shared Redis is never
 a fault, and checks what was stored against what the producer sent. Each records one row in the
 session's :class:`FaultReport`, printed by :func:`pytest_terminal_summary`.
 
+The drills of the database's side (crashes, database faults, many workers, PgBouncer)
+run twice: on ``events`` as one table and partitioned by day (the exactly-once promise then rests on
+``event_keys``, not on the table's unique index); the rows of the second say "partitioned events".
+
 Soak mode repeats each fault for longer and adds the slow checks (real cron ticks)::
 
     python3 dev.py test tests/faults --soak              # 120 s per fault
@@ -29,7 +33,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import PG_URL, pg_database_url
+from conftest import PG_URL, _admin, _fresh_database, pg_database_url
 from faults.harness import (
     PG_PASSWORD,
     REDIS_PASSWORD,
@@ -49,6 +53,13 @@ from worker.db.models import DeadLetter, FailedJob
 from worker.protocol.producer import EventProducer
 
 SOAK_VARIABLE = "EVENTWORKER_SOAK_SECONDS"
+#: The layouts of ``events`` a drill's database may have: the first is every drill's.
+LAYOUTS = ("one table", "partitioned")
+#: The modules whose drills also run on the partitioned layout: each stores events under a fault of the
+#: database's side, where exactly once is at stake (Redis's and Sentinel's faults do not depend on it).
+BOTH_LAYOUTS = frozenset(
+    {"test_database_faults", "test_worker_crash", "test_many_workers", "test_pgbouncer_faults"}
+)
 DEFAULT_SOAK_SECONDS = 120.0
 
 
@@ -67,6 +78,17 @@ def soak_seconds(config: pytest.Config) -> float:
     if configured:
         return float(configured)
     return DEFAULT_SOAK_SECONDS if config.getoption("--soak", default=False) else 0.0
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "layout" in metafunc.fixturenames and metafunc.module.__name__.rpartition(".")[2] in BOTH_LAYOUTS:
+        metafunc.parametrize("layout", LAYOUTS, ids=[name.replace(" ", "-") for name in LAYOUTS])
+
+
+@pytest.fixture
+def layout() -> str:
+    """The layout of a drill's ``events``: one table, unless its module runs on both."""
+    return LAYOUTS[0]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -108,8 +130,12 @@ class FaultReport:
 
     rows: list[FaultRow] = field(default_factory=list)
     scanned: dict[str, int] = field(default_factory=dict)
+    #: The layout of the running drill's ``events`` (set by its database fixture).
+    layout: str = LAYOUTS[0]
 
     def add(self, row: FaultRow) -> None:
+        if self.layout != LAYOUTS[0]:
+            row.fault = f"{row.fault}, {self.layout} events"
         self.rows.append(row)
 
     def record(
@@ -188,6 +214,23 @@ def fault_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServe
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+async def pg_database(
+    layout: str, request: pytest.FixtureRequest, fault_report: FaultReport
+) -> AsyncIterator[str]:
+    """A fresh, migrated database whose ``events`` has this drill's layout; dropped afterwards."""
+    template = request.getfixturevalue(
+        "pg_partitioned_template" if layout == "partitioned" else "pg_template"
+    )
+    name = await _fresh_database(template)
+    fault_report.layout = layout
+    try:
+        yield name
+    finally:
+        fault_report.layout = LAYOUTS[0]
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Rig:
