@@ -207,11 +207,13 @@ async def run_pgbouncer(args: argparse.Namespace) -> dict[str, Any]:
     events = args.events if args.events is not None else size(args, "pgbouncer_events")
     options = replace(ingest_options(args), events=events)
     db = await bench_database("pgbouncer", args.pg_url).create()
-    bouncer = PgBouncer(args.pg_url, pool_size=PGBOUNCER_POOL).start()
-    try:
-        return await through_pooler(db, options, bouncer.url(db.name), PGBOUNCER_POOL)
+    try:  # a PgBouncer that cannot start (not installed) leaves no database behind
+        bouncer = PgBouncer(args.pg_url, pool_size=PGBOUNCER_POOL).start()
+        try:
+            return await through_pooler(db, options, bouncer.url(db.name), PGBOUNCER_POOL)
+        finally:
+            bouncer.stop()
     finally:
-        bouncer.stop()
         await db.drop()
 
 
