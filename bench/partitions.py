@@ -13,6 +13,10 @@ MySQL/MariaDB/SQLite and older PostgreSQL deployments keep it), one with ``day``
    both (and their identities into ``event_keys``); then ``VACUUM ANALYZE`` and a ``CHECKPOINT``;
 3. **bytes** of each layout (table, indexes, TOAST; ``event_keys`` apart) per million events;
 4. **ingestion into the preloaded tables**, as in 1, and its ratio to 1 per layout;
+4a. **reads of the preloaded tables**: the report (``eventworker stats``) over one hour of the middle
+   day, ``runs`` times each layout in turn (a partitioned table reads one partition), and a whole
+   export to NDJSON (``bench/export.py``'s eventworker contender: COPY, in a process of its own with
+   its peak RSS), once each;
 5. **retention of the oldest day** (``rows / days`` events) on both: ``run_retention`` with the cutoff
    at that day's end: the partitioned one detaches and drops the day's partition (its identities'
    chunked delete timed apart), the other deletes the same rows in chunks of ``chunk_size``;
@@ -23,10 +27,12 @@ MySQL/MariaDB/SQLite and older PostgreSQL deployments keep it), one with ``day``
 from __future__ import annotations
 
 import random
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import asyncpg
@@ -34,6 +40,7 @@ import orjson
 
 from bench.common import RUN_TAG, BenchDatabase, load, median
 from bench.events import valid_event
+from bench.export import run_child
 
 #: The server-side row generator of the preload: ``$1`` first number, ``$2`` last, ``$3`` the first
 #: row's received_at, ``$4`` seconds between rows, ``$5`` this run's tag (the ids' salt).
@@ -191,6 +198,41 @@ def _timed(module: Any, name: str, spent: dict[str, float]) -> Callable[..., Awa
     return wrapper
 
 
+async def _reads(
+    engines: dict[str, tuple[Any, Any]], dbs: dict[str, BenchDatabase], hour: datetime, runs: int
+) -> dict[str, Any]:
+    """The one-hour report (median ms of ``runs``, layouts in turn) and a whole export of each layout."""
+    from jobs.stats import build_report
+    from worker.domain.report import Window
+
+    window = Window(start=hour, end=hour + timedelta(hours=1), label="1h")
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    events: dict[str, int] = {}
+    for run in range(runs + 1):  # the first round warms the caches up and is not counted
+        for name in engines if run % 2 == 0 else list(reversed(engines)):
+            started = time.perf_counter()
+            report = await build_report(engines[name][0], window)
+            if run:
+                times[name].append((time.perf_counter() - started) * 1000)
+            events[name] = report.events
+    exports: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="ew-bench-partitions-") as tmp:
+        for name, db in dbs.items():
+            target = Path(tmp) / "export.ndjson"
+            measured = run_child("eventworker", db.dsn, target, 5000)
+            target.unlink()
+            exports[name] = {
+                "rows": measured["rows"],
+                "seconds": round(measured["seconds"], 1),
+                "rows_per_s": round(measured["rows"] / measured["seconds"]),
+                "peak_rss_mib": round(measured["peak_kib"] / 1024, 1),
+            }
+    return {
+        "report_1h": {name: {"ms": round(median(v), 1), "events": events[name]} for name, v in times.items()},
+        "export": exports,
+    }
+
+
 async def _retention(
     database: Any, settings: Any, cutoff: datetime, chunk_size: int, *, partitioned: bool
 ) -> dict[str, Any]:
@@ -262,6 +304,10 @@ async def partitions(
             for name in sizes
         }
         result["loaded"] = await _ingestion(engines, options, "loaded")
+        middle = start + timedelta(days=options.days // 2, hours=12)
+        result["reads"] = await _reads(
+            engines, {"one table": plain, "partitioned": parted}, middle, options.runs
+        )
         cutoff = start + timedelta(days=1)
         result["retention"] = {
             "partitioned": await _retention(

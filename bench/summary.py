@@ -323,6 +323,28 @@ def partitions_rows(result: dict[str, Any]) -> list[Row]:
             ),
         )
     )
+    reads = result.get("reads")
+    if reads:
+        report = reads["report_1h"]
+        rows.append(
+            Row(
+                "10 partitions",
+                f"report over one hour ({report['partitioned']['events']:,} events) of {rows_n:,} rows",
+                f"{report['partitioned']['ms']:,.1f} ms",
+                f"one table {report['one table']['ms']:,.1f} ms",
+                round(report["one table"]["ms"] / report["partitioned"]["ms"], 2),
+            )
+        )
+        export = reads["export"]
+        rows.append(
+            Row(
+                "10 partitions",
+                f"export of {export['partitioned']['rows']:,} rows (rows/s; peak RSS)",
+                f"{export['partitioned']['rows_per_s']:,}; {export['partitioned']['peak_rss_mib']} MiB",
+                f"one table {export['one table']['rows_per_s']:,}; {export['one table']['peak_rss_mib']} MiB",
+                round(export["partitioned"]["rows_per_s"] / export["one table"]["rows_per_s"], 2),
+            )
+        )
     conversion = result["conversion"]
     rows.append(
         Row(
