@@ -8,8 +8,9 @@ settle time on MySQL/MariaDB), have the database count them per bucket
 add the counts to the table and move the checkpoint, all or nothing. A crash at any point
 leaves both as they were; the next run counts the same events once.
 
-Work is bounded: a transaction reads about :data:`MAX_ROWS_PER_TRANSACTION` events, so a
-big backlog becomes several short transactions; a cron run goes on until it has caught
+Work is bounded: a transaction reads at most ``rollup_transaction_rows`` events (on
+PostgreSQL one ingest transaction larger than that is read in parts), so a big backlog
+becomes several short transactions; a cron run goes on until it has caught
 up or used half its time limit, and the next tick continues. Overlapping runs (a slow
 tick, the ``eventworker rollups`` command) take turns on the checkpoint; one that finds
 the checkpoint moved under it rolls back and gives way (``gave_way``).
@@ -44,8 +45,6 @@ from worker.logging import get_logger
 from worker.runtime.context import WorkerContext
 from worker.runtime.jobrunner import job
 
-#: Events one transaction reads (one PostgreSQL transaction's rows are never split).
-MAX_ROWS_PER_TRANSACTION: Final = 100_000
 #: Share of the job time limit a cron run may spend before leaving the rest to the next tick.
 BUDGET_SHARE: Final = 0.5
 #: Tries of a rebuild that meets a concurrent run on PostgreSQL (serialization failure).
@@ -86,7 +85,7 @@ class RollupResult(TypedDict):
 class Verification:
     """The outcome of :func:`verify`."""
 
-    position: int | None
+    position: rollup_sql.Position | None
     """The checkpoint the comparison is up to (None: rollups never ran)."""
     buckets: int
     """Buckets the events call for."""
@@ -111,7 +110,7 @@ def _settled_before(settings: Settings, now: datetime) -> datetime:
 
 
 async def _count_range(
-    session: AsyncSession, settings: Settings, start: int, *, max_rows: int, now: datetime
+    session: AsyncSession, settings: Settings, start: rollup_sql.Position, *, max_rows: int, now: datetime
 ) -> _Counted:
     """Count the safe new events after ``start`` into the table (not the checkpoint)."""
     read = await rollup_sql.safe_range(
@@ -129,13 +128,15 @@ async def _ensure_checkpoint(db: Database, now: datetime) -> None:
 
 async def _update_once(
     db: Database, settings: Settings, *, max_rows: int, now: datetime
-) -> tuple[int, _Counted]:
+) -> tuple[rollup_sql.Position, _Counted]:
     """One transaction: lock, count, move the checkpoint. Return the old position and what was counted."""
     async with transaction(db, UPDATE_ROLLUPS_JOB) as session:
         old = await rollup_sql.lock_checkpoint(session)
         counted = await _count_range(session, settings, old, max_rows=max_rows, now=now)
-        if counted.rows:  # nothing new: leave the checkpoint row alone too
-            await rollup_sql.move_checkpoint(session, old, counted.read.end, now)
+        # Nothing new: leave the checkpoint row alone too. (A range cut short holds rows, unless
+        # retention deleted the rest of a transaction read in parts: then move past it all the same.)
+        if counted.rows or counted.read.more:
+            await rollup_sql.move_checkpoint(session, old, counted.read.position, now)
     return old, counted
 
 
@@ -147,15 +148,17 @@ async def update(
     db: Database,
     settings: Settings,
     *,
-    max_rows: int = MAX_ROWS_PER_TRANSACTION,
+    max_rows: int | None = None,
     budget_s: float | None = None,
     clock: Callable[[], datetime] = _utcnow,
 ) -> RollupResult:
-    """Count the events stored since the last run, in transactions of about ``max_rows`` events.
+    """Count the events stored since the last run, in transactions of at most ``max_rows`` events.
 
-    Goes on until caught up or, when ``budget_s`` is given, until that many seconds have passed.
+    ``max_rows``: ``rollup_transaction_rows`` unless given. Goes on until caught up or, when
+    ``budget_s`` is given, until that many seconds have passed.
     """
     started = time.perf_counter()
+    max_rows = max_rows or settings.rollup_transaction_rows
     await _ensure_checkpoint(db, clock())
     result = RollupResult(
         rows=0, buckets=0, transactions=0, checkpoint_from=None, checkpoint_to=None, gave_way=False
@@ -169,8 +172,8 @@ async def update(
             result["gave_way"] = True
             break
         if result["checkpoint_from"] is None:
-            result["checkpoint_from"] = old
-        result["checkpoint_to"] = counted.read.end if counted.rows else old
+            result["checkpoint_from"] = old.at
+        result["checkpoint_to"] = counted.read.end if counted.rows else old.at
         result["rows"] += counted.rows
         result["buckets"] += counted.buckets
         result["transactions"] += 1 if counted.rows else 0
@@ -185,19 +188,19 @@ async def _rebuild_once(db: Database, settings: Settings, *, max_rows: int, now:
     async with transaction(db, REBUILD_ROLLUPS_JOB) as session:
         old = await rollup_sql.lock_checkpoint(session)
         await rollup_sql.delete_all_rollups(session)
-        position, rows, buckets, more = rollup_sql.INITIAL_POSITION, 0, 0, True
+        position, rows, buckets, more = rollup_sql.Position(rollup_sql.INITIAL_POSITION), 0, 0, True
         while more:
             counted = await _count_range(session, settings, position, max_rows=max_rows, now=now)
             rows, buckets = rows + counted.rows, buckets + counted.buckets
-            position = counted.read.end if counted.rows else position
+            position = counted.read.position if counted.rows or counted.read.more else position
             more = counted.read.more
         await rollup_sql.move_checkpoint(session, old, position, now)
     return RollupResult(
         rows=rows,
         buckets=buckets,
         transactions=1,
-        checkpoint_from=old,
-        checkpoint_to=position,
+        checkpoint_from=old.at,
+        checkpoint_to=position.at,
         gave_way=False,
     )
 
@@ -206,15 +209,17 @@ async def rebuild(
     db: Database,
     settings: Settings,
     *,
-    max_rows: int = MAX_ROWS_PER_TRANSACTION,
+    max_rows: int | None = None,
     clock: Callable[[], datetime] = _utcnow,
 ) -> RollupResult:
     """Empty the rollups and count the whole history again, in one transaction.
 
-    Passes of about ``max_rows`` events keep memory bounded. A concurrent update waits for
-    the rebuild (or the rebuild for it); on PostgreSQL a rebuild that loses that race is tried again.
+    Passes of at most ``max_rows`` events (``rollup_transaction_rows`` unless given) keep memory
+    bounded. A concurrent update waits for the rebuild (or the rebuild for it); on PostgreSQL a
+    rebuild that loses that race is tried again.
     """
     started = time.perf_counter()
+    max_rows = max_rows or settings.rollup_transaction_rows
     await _ensure_checkpoint(db, clock())
     for attempt in range(1, REBUILD_ATTEMPTS + 1):
         try:
@@ -229,7 +234,9 @@ async def rebuild(
     raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
 
-async def expected_rollups(session: AsyncSession, up_to: int | None) -> Counter[rollups.RollupKey]:
+async def expected_rollups(
+    session: AsyncSession, up_to: rollup_sql.Position | None
+) -> Counter[rollups.RollupKey]:
     """What the rollups should hold at checkpoint ``up_to`` (None: every stored event).
 
     The events are read back and counted with :func:`worker.domain.rollups.count_events`, not with the
@@ -247,7 +254,7 @@ async def verify(db: Database) -> Verification:
     """Compare the rollups with the events their checkpoint covers, recounted in Python, in one snapshot."""
     async with transaction(db) as session:
         position = await rollup_sql.read_checkpoint(session)
-        up_to = rollup_sql.INITIAL_POSITION if position is None else position
+        up_to = rollup_sql.Position(rollup_sql.INITIAL_POSITION) if position is None else position
         expected = await expected_rollups(session, up_to)
         actual = await rollup_sql.stored_rollups(session)
     return Verification(position, len(expected), rollups.differences(expected, actual))

@@ -199,6 +199,30 @@ async def test_a_big_backlog_is_counted_in_several_bounded_transactions(rollup_s
     await assert_rollups_equal_a_recount(db)
 
 
+async def test_one_large_ingest_transaction_is_counted_in_bounded_parts(rollup_settings, db):
+    """A transaction holding more events than a run's limit (a backfill) is counted in parts, each exact.
+
+    On PostgreSQL the checkpoint then stops inside the transaction (its id and a seq): every part is
+    a transaction of its own that reads at most the limit, and the check agrees after each of them.
+    """
+    source = unique_source()
+    await ingest(rollup_settings, db, sample(0, source, count=20), "ingest-one-transaction")
+    parts, deadline = [], asyncio.get_running_loop().time() + 20
+    while asyncio.get_running_loop().time() < deadline:  # see catch_up: the horizon may wait a moment
+        result = await update(db, rollup_settings, max_rows=6, budget_s=0)  # one transaction per call
+        parts.append(result["rows"])
+        assert (await verify(db)).differences == []
+        if await uncovered(db) == 0:
+            break
+        await asyncio.sleep(0 if result["rows"] else 0.05)
+    counted = [rows for rows in parts if rows]
+    assert sum(counted) == 20
+    assert max(counted) <= 6
+    assert len(counted) == 4, parts
+    assert await uncovered(db) == 0
+    await assert_rollups_equal_a_recount(db)
+
+
 async def test_a_run_with_nothing_new_changes_nothing(rollup_settings, db):
     """Without new events a run writes nothing: same rollups, same checkpoint position and time."""
     await ingest(rollup_settings, db, sample(0, unique_source()))

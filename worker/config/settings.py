@@ -164,6 +164,11 @@ class Settings(BaseSettings):
         description="MySQL/MariaDB only: rollups skip events received in the last N seconds, which may still"
         " commit out of order; default 2 x job_timeout + 10.",
     )
+    rollup_transaction_rows: PositiveInt = Field(
+        100_000,
+        description="Events one rollup transaction counts at most, however large the transaction that"
+        " stored them (a backfill's is counted in parts): a backlog is caught up in short transactions.",
+    )
     retention_days: PositiveFloat | None = Field(
         None, description="Delete events older than this many days (by received_at) daily; unset keeps all."
     )

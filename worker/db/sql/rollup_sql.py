@@ -53,8 +53,12 @@ the run started at, raising :class:`~worker.errors.CheckpointMoved` otherwise. O
 a run whose snapshot predates a concurrent run's commit fails with a serialization failure
 (SQLSTATE 40001) at the lock instead: it rolls back, having counted nothing.
 
-Rows per run are bounded (:func:`safe_range` ``limit``); one PostgreSQL transaction's rows are
-never split, so a single ingest transaction larger than the limit is read whole.
+Rows per run are bounded (:func:`safe_range` ``limit``), whatever the transactions that stored
+them. On PostgreSQL the checkpoint is then a pair (:class:`Position`): a transaction id and a
+``seq`` in that transaction. A transaction larger than the limit (a backfill, a conversion: five
+million rows in one) is read in parts along ``seq``: once its id is below the horizon it has
+committed, so its rows are all visible and no part of it can appear later. The ``seq`` is kept in
+a second checkpoint row (:data:`CHECKPOINT_SEQ`), moved with the first in the run's transaction.
 """
 
 from __future__ import annotations
@@ -72,9 +76,11 @@ from sqlalchemy import (
     Select,
     Table,
     Text,
+    and_,
     delete,
     func,
     literal_column,
+    or_,
     select,
     type_coerce,
     union_all,
@@ -85,6 +91,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from worker.db.dialect import dialect_name, insert_ignoring_duplicates
+from worker.db.interrupt import raise_if_cancelled
 from worker.db.models import Checkpoint, Event, Rollup
 from worker.db.types import UtcDateTime
 from worker.domain.rollups import BUCKET_SECONDS, EventTimes, RollupKey
@@ -92,6 +99,8 @@ from worker.errors import CheckpointMoved
 
 #: The checkpoint row the rollups keep.
 CHECKPOINT: Final = "rollups"
+#: PostgreSQL: the last ``seq`` counted of the transaction at :data:`CHECKPOINT` (0: none of it).
+CHECKPOINT_SEQ: Final = "rollups.seq"
 #: Where a new (or rebuilt) checkpoint starts: before every seq and every transaction id.
 INITIAL_POSITION: Final = 0
 
@@ -99,6 +108,8 @@ EVENTS: Table = Event.__table__  # type: ignore[assignment]
 ROLLUPS: Table = Rollup.__table__  # type: ignore[assignment]
 CHECKPOINTS: Table = Checkpoint.__table__  # type: ignore[assignment]
 
+#: Bucket rows per upsert statement: a cancelled run stops after the batch in flight (about 0.1 s).
+UPSERT_BATCH_ROWS: Final = 5_000
 #: SQL names of the bucket sizes, for date_trunc and DATE_FORMAT.
 _PG_UNITS = {60: "minute", 3600: "hour"}
 #: asyncpg writes Python's first and last moments (0001-01-01 00:00 and 9999-12-31 23:59:59.999999
@@ -112,16 +123,37 @@ _SQLITE_PREFIXES = {60: (16, ":00.000000"), 3600: (13, ":00:00.000000")}
 
 
 @dataclass(frozen=True, slots=True)
+class Position:
+    """Where the rollups have counted up to.
+
+    PostgreSQL: every row whose transaction id is below ``at``, and the rows of transaction ``at``
+    up to ``seq`` (0: none of them). Elsewhere: every row with a ``seq`` up to ``at``; ``seq`` is 0.
+    """
+
+    at: int
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ReadRange:
     """The events one run reads, and where the checkpoint goes once they are counted.
 
-    PostgreSQL: rows with ``start <= txid < end``. Elsewhere: rows with ``start < seq <= end``.
+    PostgreSQL: rows with ``start <= txid < end`` but for the rows of ``start`` up to ``start_seq``;
+    with ``end_seq`` set, a part of the one transaction ``start == end``: its rows with
+    ``start_seq < seq <= end_seq``. Elsewhere: rows with ``start < seq <= end``.
     ``more`` is true when the range was cut at the row limit and newer safe rows remain.
     """
 
     start: int
     end: int
     more: bool
+    start_seq: int = 0
+    end_seq: int = 0
+
+    @property
+    def position(self) -> Position:
+        """The checkpoint once these rows are counted."""
+        return Position(self.end, self.end_seq)
 
 
 async def ensure_checkpoint(session: AsyncSession, now: datetime) -> None:
@@ -131,8 +163,11 @@ async def ensure_checkpoint(session: AsyncSession, now: datetime) -> None:
     make two first runs deadlock on MySQL (both hold a shared lock on the row, both want it
     exclusively) and fail on PostgreSQL REPEATABLE READ.
     """
-    row = {"name": CHECKPOINT, "position": INITIAL_POSITION, "updated_at": now}
-    await insert_ignoring_duplicates(session, CHECKPOINTS, [row], ("name",))
+    rows = [
+        {"name": name, "position": INITIAL_POSITION, "updated_at": now}
+        for name in (CHECKPOINT, CHECKPOINT_SEQ)
+    ]
+    await insert_ignoring_duplicates(session, CHECKPOINTS, rows, ("name",))
 
 
 async def _take_sqlite_write_lock(session: AsyncSession) -> None:
@@ -144,7 +179,13 @@ async def _take_sqlite_write_lock(session: AsyncSession) -> None:
     )
 
 
-async def lock_checkpoint(session: AsyncSession) -> int:
+async def _seq_in_transaction(session: AsyncSession) -> int:
+    """The :data:`CHECKPOINT_SEQ` row (0 when missing: a checkpoint older than the row)."""
+    seq = await session.scalar(select(CHECKPOINTS.c.position).where(CHECKPOINTS.c.name == CHECKPOINT_SEQ))
+    return 0 if seq is None else int(seq)
+
+
+async def lock_checkpoint(session: AsyncSession) -> Position:
     """Lock the rollups checkpoint for this transaction and return its position.
 
     A concurrent run waits here until this one ends. Call :func:`ensure_checkpoint` first.
@@ -156,10 +197,10 @@ async def lock_checkpoint(session: AsyncSession) -> int:
     )
     if position is None:
         raise LookupError(f"no checkpoint {CHECKPOINT!r}: call ensure_checkpoint first")
-    return int(position)
+    return Position(int(position), await _seq_in_transaction(session))
 
 
-async def read_checkpoint(session: AsyncSession) -> int | None:
+async def read_checkpoint(session: AsyncSession) -> Position | None:
     """The rollups checkpoint's position (None before the first run), consistent with what follows.
 
     PostgreSQL and MySQL read it in the :func:`transaction`'s snapshot; SQLite takes the write
@@ -168,17 +209,20 @@ async def read_checkpoint(session: AsyncSession) -> int | None:
     if dialect_name(session) == "sqlite":
         await _take_sqlite_write_lock(session)
     position = await session.scalar(select(CHECKPOINTS.c.position).where(CHECKPOINTS.c.name == CHECKPOINT))
-    return None if position is None else int(position)
+    return None if position is None else Position(int(position), await _seq_in_transaction(session))
 
 
-async def safe_range(session: AsyncSession, start: int, *, limit: int, settled_before: datetime) -> ReadRange:
-    """The new events after checkpoint ``start`` that are safe to count now, about ``limit`` at most.
+async def safe_range(
+    session: AsyncSession, position: Position, *, limit: int, settled_before: datetime
+) -> ReadRange:
+    """The new events after checkpoint ``position`` that are safe to count now, ``limit`` at most.
 
     ``settled_before`` matters on MySQL/MariaDB only: rows received after it may still have
     lower seqs in flight (see the module docstring).
     """
     if dialect_name(session) == "postgresql":
-        return await _transaction_range(session, start, limit)
+        return await _transaction_range(session, position, limit)
+    start = position.at
     seq = EVENTS.c.seq
     newer = [seq > start]
     if dialect_name(session) == "mysql":
@@ -200,29 +244,55 @@ def _snapshot_xmin() -> ColumnElement[int]:
     return sql_cast(sql_cast(xmin, Text), BigInteger)
 
 
-async def _transaction_range(session: AsyncSession, start: int, limit: int) -> ReadRange:
+async def _part_of(session: AsyncSession, transaction: int, after_seq: int, limit: int) -> ReadRange | None:
+    """The next ``limit`` rows of one committed transaction after ``after_seq``, if more than that remain.
+
+    Along the ``seq`` primary key; the range ends before the first row left out, so what remains
+    is never empty and the run after this one moves on past the transaction.
+    """
+    seq, txid = EVENTS.c.seq, EVENTS.c.txid
+    cut = await session.scalar(
+        select(seq).where(txid == transaction, seq > after_seq).order_by(seq).offset(limit).limit(1)
+    )
+    if cut is None:
+        return None
+    return ReadRange(transaction, transaction, more=True, start_seq=after_seq, end_seq=int(cut) - 1)
+
+
+async def _transaction_range(session: AsyncSession, position: Position, limit: int) -> ReadRange:
     txid = EVENTS.c.txid
     horizon = await session.scalar(select(_snapshot_xmin()))
     if horizon is None:  # pragma: no cover - PostgreSQL always has a snapshot
         raise RuntimeError("pg_current_snapshot() returned no xmin")
+    start = position.at
+    if position.seq:  # a transaction counted in part: its next part, or the rest of it alone
+        part = await _part_of(session, start, position.seq, limit)
+        return part or ReadRange(start, start + 1, more=True, start_seq=position.seq)
     in_range = (txid >= start, txid < horizon)
     first = await session.scalar(select(func.min(txid)).where(*in_range))
     if first is None:
         return ReadRange(start, horizon, more=False)
     # The transaction of the row just past the limit starts the next run, unless it is the first
-    # transaction in range: then that one transaction is bigger than the limit and is read whole.
+    # transaction in range: then that one transaction is bigger than the limit and is read in parts.
     cut = await session.scalar(select(txid).where(*in_range).order_by(txid).offset(limit).limit(1))
     if cut is not None and cut == first:
-        cut = await session.scalar(select(func.min(txid)).where(txid > first, txid < horizon))
+        part = await _part_of(session, int(first), 0, limit)
+        assert part is not None, "a transaction past the row limit has a row past the limit"
+        return part
     if cut is None:
         return ReadRange(start, horizon, more=False)
     return ReadRange(start, int(cut), more=True)
 
 
-def _in_range(dialect: str, read: ReadRange) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
-    if dialect == "postgresql":
-        return EVENTS.c.txid >= read.start, EVENTS.c.txid < read.end
-    return EVENTS.c.seq > read.start, EVENTS.c.seq <= read.end
+def _in_range(dialect: str, read: ReadRange) -> tuple[ColumnElement[bool], ...]:
+    txid, seq = EVENTS.c.txid, EVENTS.c.seq
+    if dialect != "postgresql":
+        return seq > read.start, seq <= read.end
+    if read.end_seq:  # a part of one transaction: along the seq primary key
+        return txid == read.start, seq > read.start_seq, seq <= read.end_seq
+    if read.start_seq:
+        return txid >= read.start, txid < read.end, or_(txid > read.start, seq > read.start_seq)
+    return txid >= read.start, txid < read.end
 
 
 def _bucket_start_sql(dialect: str, moment: ColumnElement[Any], seconds: int) -> ColumnElement[datetime]:
@@ -298,7 +368,7 @@ async def count_range(session: AsyncSession, read: ReadRange) -> Counter[RollupK
 
 
 async def covered_events(
-    session: AsyncSession, up_to: int | None, page_size: int
+    session: AsyncSession, up_to: Position | None, page_size: int
 ) -> AsyncGenerator[Sequence[EventTimes]]:
     """Yield (type, source, time, received_at) of the events checkpoint ``up_to`` covers (None: all).
 
@@ -309,8 +379,11 @@ async def covered_events(
     """
     c = EVENTS.c
     covered: list[ColumnElement[bool]] = []
-    if up_to is not None:
-        covered.append(c.txid < up_to if dialect_name(session) == "postgresql" else c.seq <= up_to)
+    if up_to is not None and dialect_name(session) != "postgresql":
+        covered.append(c.seq <= up_to.at)
+    elif up_to is not None:
+        below = c.txid < up_to.at
+        covered.append(or_(below, and_(c.txid == up_to.at, c.seq <= up_to.seq)) if up_to.seq else below)
     after = 0  # seq starts at 1
     while True:
         page = (
@@ -349,19 +422,29 @@ async def upsert_rollups(session: AsyncSession, rows: Sequence[dict[str, Any]]) 
         statement = mysql_insert.on_duplicate_key_update(count=ROLLUPS.c.count + mysql_insert.inserted.count)
     else:
         raise NotImplementedError(f"no rollup upsert for dialect {dialect!r}")
-    await session.execute(statement, list(rows))
+    for first in range(0, len(rows), UPSERT_BATCH_ROWS):
+        await session.execute(statement, list(rows[first : first + UPSERT_BATCH_ROWS]))
+        raise_if_cancelled()  # asyncpg's executemany swallows a cancellation (worker.db.interrupt)
     return len(rows)
 
 
-async def move_checkpoint(session: AsyncSession, expected: int, position: int, now: datetime) -> None:
+async def move_checkpoint(
+    session: AsyncSession, expected: Position, position: Position, now: datetime
+) -> None:
     """Move the checkpoint from ``expected`` to ``position``; raise CheckpointMoved if it is elsewhere."""
-    result = await session.execute(
-        update(CHECKPOINTS)
-        .where(CHECKPOINTS.c.name == CHECKPOINT, CHECKPOINTS.c.position == expected)
-        .values(position=position, updated_at=now)
-    )
-    if cast(CursorResult[Any], result).rowcount != 1:
-        raise CheckpointMoved(CHECKPOINT, expected)
+    for name, old, new in (
+        (CHECKPOINT, expected.at, position.at),
+        (CHECKPOINT_SEQ, expected.seq, position.seq),
+    ):
+        if name == CHECKPOINT_SEQ and old == new == 0:
+            continue  # never in a transaction's middle (every run but PostgreSQL's, nearly every one there)
+        result = await session.execute(
+            update(CHECKPOINTS)
+            .where(CHECKPOINTS.c.name == name, CHECKPOINTS.c.position == old)
+            .values(position=new, updated_at=now)
+        )
+        if cast(CursorResult[Any], result).rowcount != 1:
+            raise CheckpointMoved(name, old)
 
 
 async def delete_all_rollups(session: AsyncSession) -> int:

@@ -5,8 +5,9 @@ each caller runs them in a short transaction of its own. Counting the events pas
 rollup checkpoint stops at :data:`LAG_CAP` rows, so a huge backlog costs no more than that.
 
 Rollup lag: the checkpoint (:mod:`worker.db.sql.rollup_sql`) is a transaction-id horizon on
-PostgreSQL (events with ``txid >= position`` are not counted yet) and a ``seq`` high-water
-mark elsewhere (``seq > position``). On MySQL/MariaDB rollups wait ``rollup_settle_seconds``
+PostgreSQL (events with ``txid >= position`` are not counted yet, but for the part of a large
+transaction already counted, up to the ``seq`` of a second row) and a ``seq`` high-water mark
+elsewhere (``seq > position``). On MySQL/MariaDB rollups wait ``rollup_settle_seconds``
 before counting an event, so the lag there never drops below the events of that window.
 """
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, Select, func, select
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from worker.db.dialect import dialect_name
@@ -24,6 +25,8 @@ from worker.db.models import Checkpoint, DeadLetter, Event, FailedJob, HandlerRu
 
 #: The rollups' checkpoint row (see :data:`worker.db.sql.rollup_sql.CHECKPOINT`).
 ROLLUP_CHECKPOINT: Final = "rollups"
+#: Its second row (:data:`worker.db.sql.rollup_sql.CHECKPOINT_SEQ`): the seq counted in ``position``.
+ROLLUP_CHECKPOINT_SEQ: Final = "rollups.seq"
 #: Events past the checkpoint are counted up to this many.
 LAG_CAP: Final = 1_000_000
 #: Handler run states worth showing: those still to do and those out of tries.
@@ -48,29 +51,44 @@ class RollupLag:
         return self.events >= LAG_CAP
 
 
-def _past(dialect: str, position: int) -> ColumnElement[bool]:
-    if dialect == "postgresql":
-        return Event.txid >= position
-    return Event.seq > position
+def _past(dialect: str, position: int, seq: int) -> ColumnElement[bool]:
+    if dialect != "postgresql":
+        return Event.seq > position
+    if seq:  # a large transaction counted in part, up to seq
+        return or_(Event.txid > position, and_(Event.txid == position, Event.seq > seq))
+    return Event.txid >= position
 
 
 async def rollup_lag(session: AsyncSession) -> RollupLag:
     """The rollups checkpoint and the number of events it has not counted yet."""
-    row = (
-        await session.execute(
-            select(Checkpoint.position, Checkpoint.updated_at).where(Checkpoint.name == ROLLUP_CHECKPOINT)
+    return (await _rollup_lag(session))[0]
+
+
+async def _rollup_lag(session: AsyncSession) -> tuple[RollupLag, int]:
+    """:func:`rollup_lag`, and the seq counted in the checkpoint's transaction (PostgreSQL; else 0)."""
+    rows = await session.execute(
+        select(Checkpoint.name, Checkpoint.position, Checkpoint.updated_at).where(
+            Checkpoint.name.in_((ROLLUP_CHECKPOINT, ROLLUP_CHECKPOINT_SEQ))
         )
-    ).first()
-    position, updated_at = (None, None) if row is None else (int(row[0]), row[1])
+    )
+    found = {str(name): (int(at), updated) for name, at, updated in rows}
+    position, updated_at = found.get(ROLLUP_CHECKPOINT, (None, None))
+    seq = found.get(ROLLUP_CHECKPOINT_SEQ, (0, None))[0]
     dialect = dialect_name(session)
-    past = select(Event.seq).where(_past(dialect, position or 0)).limit(LAG_CAP).subquery()
+    past = select(Event.seq).where(_past(dialect, position or 0, seq)).limit(LAG_CAP).subquery()
     events = await session.scalar(select(func.count()).select_from(past))
-    return RollupLag(position, updated_at, int(events or 0))
+    return RollupLag(position, updated_at, int(events or 0)), seq
 
 
-def _covered_last(dialect: str, position: int) -> Select[Any]:
+def _covered_last(dialect: str, position: int, seq: int) -> Select[Any]:
     """The receipt time of the newest event the checkpoint covers, along an index (txid, or seq)."""
-    if dialect == "postgresql":
+    if dialect == "postgresql" and seq:
+        newest = (
+            select(Event.received_at)
+            .where(Event.txid == position, Event.seq <= seq)
+            .order_by(Event.seq.desc())
+        )
+    elif dialect == "postgresql":
         newest = select(Event.received_at).where(Event.txid < position).order_by(Event.txid.desc())
     else:
         newest = select(Event.received_at).where(Event.seq <= position).order_by(Event.seq.desc())
@@ -79,10 +97,10 @@ def _covered_last(dialect: str, position: int) -> Select[Any]:
 
 async def rollup_progress(session: AsyncSession) -> RollupLag:
     """:func:`rollup_lag`, with when the last event counted was received: what ``status`` shows."""
-    lag = await rollup_lag(session)
+    lag, seq = await _rollup_lag(session)
     if not lag.position:
         return lag
-    last = await session.scalar(_covered_last(dialect_name(session), lag.position))
+    last = await session.scalar(_covered_last(dialect_name(session), lag.position, seq))
     return replace(lag, last_counted_at=last)
 
 
