@@ -23,8 +23,11 @@ run after its last row's time, so rows outlive their retention by up to one part
 The rows of a converted table (its first partition, up to the cut-over time) go in chunks, as
 above, until that partition is wholly past retention and is dropped.
 
-The worker's job time limit applies to a cron run; a first run over a large backlog is
-best done with ``eventworker retention``, which has none.
+A cron run starts no chunk (nor partition) once it has used half its job time limit
+(``finished`` is then false), and the next run goes on from there: each chunk is a transaction
+of its own (5,000 rows took 49 ms on a 3-million-row table), so what was deleted stays deleted,
+and a partition detached but not dropped is finished first. A first run over a large backlog is
+best done with ``eventworker retention``, which has no time limit.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypedDict
+from typing import Final, TypedDict
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -50,6 +53,8 @@ from worker.runtime.jobrunner import job
 
 log = get_logger("eventworker.retention")
 DeleteChunk = Callable[[AsyncSession], Awaitable[int]]
+#: Share of the job time limit a cron run may spend before leaving the rest to the next run.
+BUDGET_SHARE: Final = 0.5
 
 
 class RetentionResult(TypedDict):
@@ -62,6 +67,8 @@ class RetentionResult(TypedDict):
     dead_letter_chunks: int
     exported_path: str | None
     exported_rows: int
+    finished: bool
+    """False when the run's time budget ended it before all was deleted: the next run goes on."""
 
 
 def export_file_name(now: datetime) -> str:
@@ -69,12 +76,25 @@ def export_file_name(now: datetime) -> str:
     return f"events-{now.astimezone(UTC):%Y%m%dT%H%M%S.%fZ}.ndjson.gz"
 
 
+def _out_of_time(deadline: float | None, result: RetentionResult) -> bool:
+    """True (and the run marked unfinished) once ``deadline`` (``time.monotonic``) is past."""
+    if deadline is None or time.monotonic() < deadline:
+        return False
+    result["finished"] = False
+    return True
+
+
 async def _delete_in_chunks(
-    db: Database, table: str, delete_chunk: DeleteChunk, limit: int
-) -> tuple[int, int]:
-    """Run ``delete_chunk`` in one transaction after another until a chunk comes up short."""
+    db: Database, table: str, delete_chunk: DeleteChunk, limit: int, *, deadline: float | None
+) -> tuple[int, int, bool]:
+    """Run ``delete_chunk`` in one transaction after another until a chunk comes up short.
+
+    Returns rows, chunks and whether it got to the end (no chunk starts after ``deadline``).
+    """
     total = chunks = 0
     while True:
+        if deadline is not None and time.monotonic() > deadline:
+            return total, chunks, False
         started = time.perf_counter()
         async with db.transaction(APPLY_RETENTION_JOB) as session:
             deleted = await delete_chunk(session)
@@ -88,7 +108,7 @@ async def _delete_in_chunks(
                 ms=round((time.perf_counter() - started) * 1000, 2),
             )
         if deleted < limit:
-            return total, chunks
+            return total, chunks, True
 
 
 def _log_export_progress(progress: ExportProgress) -> None:
@@ -112,16 +132,22 @@ async def _export_expiring(db: Database, settings: Settings, cutoff: datetime) -
     )
 
 
-async def _drop_detached(db: Database, name: str, limit: int, result: RetentionResult) -> None:
+async def _drop_detached(
+    db: Database, name: str, limit: int, result: RetentionResult, deadline: float | None
+) -> None:
     """Delete the identities of a detached partition's rows in chunks, then drop it.
 
     The events counted are the identities deleted: the partition's rows, but for those whose
-    identity a run cut short had deleted already.
+    identity a run cut short had deleted already. Past ``deadline`` the partition stays detached
+    for the next run to finish.
     """
     async with db.engine.connect() as connection:
         received = await partition_sql.received_range(connection, name)
     rows = 0
     while received is not None:
+        if _out_of_time(deadline, result):
+            result["events_deleted"] += rows
+            return
         async with db.transaction(APPLY_RETENTION_JOB) as session:
             deleted = await partition_sql.delete_keys_chunk(session, *received, limit)
         rows += deleted
@@ -135,7 +161,7 @@ async def _drop_detached(db: Database, name: str, limit: int, result: RetentionR
 
 
 async def _expire_partitions(
-    db: Database, settings: Settings, cutoff: datetime, result: RetentionResult
+    db: Database, settings: Settings, cutoff: datetime, result: RetentionResult, deadline: float | None
 ) -> None:
     """Retention of a partitioned ``events``: whole partitions, then a converted table's rows in chunks."""
     limit = settings.retention_chunk_size
@@ -144,7 +170,9 @@ async def _expire_partitions(
         leftovers = await partition_sql.detached_tables(connection)
         partitions = await partition_sql.read_partitions(connection)
     for name in leftovers:  # detached by a run cut short, after its export
-        await _drop_detached(db, name, limit, result)
+        if _out_of_time(deadline, result):
+            return
+        await _drop_detached(db, name, limit, result, deadline)
     due = expired(partitions, cutoff)
     legacy = next((p for p in partitions if p.name == LEGACY and p not in due), None)
     if not due and legacy is None:
@@ -161,27 +189,32 @@ async def _expire_partitions(
         else:
             legacy = None  # none of its rows is old enough; empty partitions still go
     for partition in due:
+        if _out_of_time(deadline, result):
+            return
         async with db.transaction(APPLY_RETENTION_JOB) as session:
             runs = await partition_sql.delete_handler_runs_of(session, partition.name)
         await partition_sql.detach(db.engine, partition.name)
         log.info("retention.partition_detached", partition=partition.name, handler_runs=runs)
-        await _drop_detached(db, partition.name, limit, result)
+        await _drop_detached(db, partition.name, limit, result, deadline)
     if legacy is not None:
 
         def delete_chunk(session: AsyncSession) -> Awaitable[int]:
             return partition_sql.delete_legacy_chunk(session, cutoff, limit, up_to_seq)
 
-        deleted, chunks = await _delete_in_chunks(db, "events", delete_chunk, limit)
+        deleted, chunks, done = await _delete_in_chunks(db, "events", delete_chunk, limit, deadline=deadline)
         result["events_deleted"] += deleted
         result["event_chunks"] += chunks
+        result["finished"] = result["finished"] and done
 
 
-async def _expire_events(db: Database, settings: Settings, cutoff: datetime, result: RetentionResult) -> None:
+async def _expire_events(
+    db: Database, settings: Settings, cutoff: datetime, result: RetentionResult, deadline: float | None
+) -> None:
     if db.dialect == "postgresql":
         async with db.engine.connect() as connection:
             shape = await partition_sql.read_layout(connection)
         if shape.partitioned:
-            await _expire_partitions(db, settings, cutoff, result)
+            await _expire_partitions(db, settings, cutoff, result, deadline)
             return
     limit, up_to_seq = settings.retention_chunk_size, None
     if settings.retention_export_dir:
@@ -195,12 +228,19 @@ async def _expire_events(db: Database, settings: Settings, cutoff: datetime, res
     def delete_chunk(session: AsyncSession) -> Awaitable[int]:
         return history.delete_events_older_than(session, cutoff, limit, up_to_seq=up_to_seq)
 
-    deleted, chunks = await _delete_in_chunks(db, "events", delete_chunk, limit)
+    deleted, chunks, done = await _delete_in_chunks(db, "events", delete_chunk, limit, deadline=deadline)
     result["events_deleted"], result["event_chunks"] = deleted, chunks
+    result["finished"] = result["finished"] and done
 
 
-async def run_retention(db: Database, settings: Settings, now: datetime) -> RetentionResult:
-    """Apply both retentions once, as of ``now``; return the counts."""
+async def run_retention(
+    db: Database, settings: Settings, now: datetime, *, budget_s: float | None = None
+) -> RetentionResult:
+    """Apply both retentions once, as of ``now``; return the counts.
+
+    With ``budget_s``, no chunk or partition is started after that many seconds (``finished`` false).
+    """
+    deadline = None if budget_s is None else time.monotonic() + budget_s
     result = RetentionResult(
         events_deleted=0,
         event_chunks=0,
@@ -209,9 +249,10 @@ async def run_retention(db: Database, settings: Settings, now: datetime) -> Rete
         dead_letter_chunks=0,
         exported_path=None,
         exported_rows=0,
+        finished=True,
     )
     if settings.retention_days is not None:
-        await _expire_events(db, settings, now - timedelta(days=settings.retention_days), result)
+        await _expire_events(db, settings, now - timedelta(days=settings.retention_days), result, deadline)
     if settings.dead_letter_retention_days is not None:
         cutoff = now - timedelta(days=settings.dead_letter_retention_days)
         limit = settings.retention_chunk_size
@@ -219,13 +260,22 @@ async def run_retention(db: Database, settings: Settings, now: datetime) -> Rete
         def delete_chunk(session: AsyncSession) -> Awaitable[int]:
             return history.delete_dead_letters_older_than(session, cutoff, limit)
 
-        deleted, chunks = await _delete_in_chunks(db, "dead_letters", delete_chunk, limit)
+        deleted, chunks, done = await _delete_in_chunks(
+            db, "dead_letters", delete_chunk, limit, deadline=deadline
+        )
         result["dead_letters_deleted"], result["dead_letter_chunks"] = deleted, chunks
+        result["finished"] = result["finished"] and done
     log.info("retention.done", **result)
     return result
 
 
 @job
 async def apply_retention(ctx: WorkerContext) -> RetentionResult:
-    """Delete events and dead letters past their retention (exporting events first when configured)."""
-    return await run_retention(ctx["db"], ctx["settings"], datetime.now(UTC))
+    """Delete events and dead letters past their retention (exporting events first when configured).
+
+    Within half the job time limit: what is left goes with the next run.
+    """
+    settings = ctx["settings"]
+    return await run_retention(
+        ctx["db"], settings, datetime.now(UTC), budget_s=settings.job_timeout * BUDGET_SHARE
+    )

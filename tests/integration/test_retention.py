@@ -106,11 +106,31 @@ async def test_retention_deletes_old_rows_in_chunks_with_a_commit_each(settings,
         "dead_letter_chunks": 2,
         "exported_path": None,
         "exported_rows": 0,
+        "finished": True,
     }
     assert len(commits) == 8 + 2, "one transaction per chunk, and no other"
     assert await event_ids(db) == [f"evt-{n}" for n in range(50, 70)]
     assert await dead_letter_jobs(db) == {"new": 5}
     assert db.engine.pool.checkedout() == 0
+
+
+async def test_a_run_out_of_time_stops_between_chunks_and_the_next_goes_on(settings, db):
+    """With its time budget spent a run starts no other chunk; what it deleted stays, the next run ends it."""
+    await store_events(db, 0, 30, timedelta(days=40))
+    await store_dead_letters(db, "old", 4, timedelta(days=20))
+    settings = settings.model_copy(
+        update={"retention_days": 30, "dead_letter_retention_days": 10, "retention_chunk_size": 7}
+    )
+
+    first = await run_retention(db, settings, datetime.now(UTC), budget_s=0)
+
+    assert (first["events_deleted"], first["event_chunks"], first["finished"]) == (0, 0, False)
+    assert first["dead_letters_deleted"] == 0
+    assert len(await event_ids(db)) == 30
+    then = await run_retention(db, settings, datetime.now(UTC), budget_s=60)
+    assert (then["events_deleted"], then["event_chunks"], then["finished"]) == (30, 5, True)
+    assert then["dead_letters_deleted"] == 4
+    assert await event_ids(db) == []
 
 
 async def test_unset_retention_keeps_everything(settings, db):
