@@ -13,6 +13,8 @@ MySQL/MariaDB/SQLite and older PostgreSQL deployments keep it), one with ``day``
    both (and their identities into ``event_keys``); then ``VACUUM ANALYZE`` and a ``CHECKPOINT``;
 3. **bytes** of each layout (table, indexes, TOAST; ``event_keys`` apart) per million events;
 4. **ingestion into the preloaded tables**, as in 1, and its ratio to 1 per layout;
+3a. **rollups over the preload**: ``update_rollups``'s work (:func:`jobs.rollup.update`) counting the
+   whole preloaded backlog, in transactions of ``EVENTWORKER_ROLLUP_TRANSACTION_ROWS``, each layout;
 4a. **reads of the preloaded tables**: the report (``eventworker stats``) over one hour of the middle
    day, ``runs`` times each layout in turn (a partitioned table reads one partition), and a whole
    export to NDJSON (``bench/export.py``'s eventworker contender: COPY, in a process of its own with
@@ -198,6 +200,22 @@ def _timed(module: Any, name: str, spent: dict[str, float]) -> Callable[..., Awa
     return wrapper
 
 
+async def _rollups(database: Any, settings: Any) -> dict[str, Any]:
+    """Count the whole backlog into the rollups, as update_rollups does, until caught up."""
+    from jobs.rollup import update
+
+    started = time.perf_counter()
+    result = await update(database, settings)
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": round(seconds, 1),
+        "rows": result["rows"],
+        "rows_per_s": round(result["rows"] / seconds) if seconds else None,
+        "transactions": result["transactions"],
+        "buckets": result["buckets"],
+    }
+
+
 async def _reads(
     engines: dict[str, tuple[Any, Any]], dbs: dict[str, BenchDatabase], hour: datetime, runs: int
 ) -> dict[str, Any]:
@@ -303,6 +321,7 @@ async def partitions(
             }
             for name in sizes
         }
+        result["rollups"] = {name: await _rollups(*engine) for name, engine in engines.items()}
         result["loaded"] = await _ingestion(engines, options, "loaded")
         middle = start + timedelta(days=options.days // 2, hours=12)
         result["reads"] = await _reads(

@@ -323,6 +323,19 @@ def partitions_rows(result: dict[str, Any]) -> list[Row]:
             ),
         )
     )
+    counted = result.get("rollups")
+    if counted:
+        parted_r, plain_r = counted["partitioned"], counted["one table"]
+        rows.append(
+            Row(
+                "10 partitions",
+                f"rollups over the backlog of {parted_r['rows']:,} events"
+                f" ({parted_r['transactions']} transactions, {parted_r['buckets']:,} buckets)",
+                f"{parted_r['seconds']:,.1f} s",
+                f"one table {plain_r['seconds']:,.1f} s",
+                round(plain_r["seconds"] / parted_r["seconds"], 2) if parted_r["seconds"] else None,
+            )
+        )
     reads = result.get("reads")
     if reads:
         report = reads["report_1h"]
