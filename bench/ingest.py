@@ -171,6 +171,7 @@ async def one_end_to_end(
     peak_rss = 0.0
     try:
         await worker.ready(options.redis_url, queue)
+        startup_cpu = cpu_seconds(worker.pid)
         started = time.time()
         async with EventProducer(options.redis_url, queue_name=queue) as producer:
             for n, chunk in enumerate(batch_json):
@@ -193,6 +194,8 @@ async def one_end_to_end(
         "worker_exit": status,
         "worker_peak_rss_mib": round(peak_rss, 1),
         "worker_cpu_us_per_event": round(cpu / len(batch_json) / options.batch_size * 1e6, 1),
+        "worker_cpu_s": round(cpu, 3),
+        "worker_startup_cpu_s": round(startup_cpu, 3),
     }
 
 

@@ -13,7 +13,9 @@ through PgBouncer in transaction mode against direct), ``durability`` (enqueue r
 with ``durability="replicated"`` against the default, on a Sentinel group of its own), ``tracing``
 (no-op jobs and ingestion with the tracing hooks removed, tracing off, on at 100 % and at 1 %),
 ``partitions`` (a partitioned ``events`` against one table: ingestion into 20 million stored rows,
-a day's retention, bytes, the conversion) and, only when asked with ``--soak SECONDS``, ``soak``.
+a day's retention, bytes, the conversion), ``peers`` (end to end against what users would build
+instead: the same job on bare arq with SQLAlchemy Core, and on SAQ) and, only when asked with
+``--soak SECONDS``, ``soak``.
 It prints one table and writes everything, with the load average before and after, to
 ``bench/results/suite.json`` (``--output``). Exit status 1 if a section failed.
 """
@@ -46,6 +48,7 @@ from bench.events import Mix
 from bench.ingest import IngestOptions, end_to_end, job_parts, one_latency, through_pooler
 from bench.overhead import overhead
 from bench.partitions import PartitionOptions, partitions
+from bench.peers import peers
 from bench.soak import soak
 from bench.tracing import tracing
 from tests.pgbouncer import PgBouncer  # the tests' own PgBouncer runner (Debian's pgbouncer package)
@@ -60,6 +63,7 @@ SECTIONS = (
     "durability",
     "tracing",
     "partitions",
+    "peers",
 )
 #: (full, smoke) sizes.
 SIZES: dict[str, tuple[Any, Any]] = {
@@ -79,6 +83,7 @@ SIZES: dict[str, tuple[Any, Any]] = {
     "tracing_runs": (5, 1),
     "partition_rows": (20_000_000, 20_000),
     "partition_events": (200_000, 2_000),
+    "peers_events": (200_000, 2_000),
 }
 #: PgBouncer's server connections in the ``pgbouncer`` section: as many as the worker opens at most
 #: directly (pool_size + max_overflow, 5 + 5), so that the figure is the cost of the pooler alone.
@@ -255,6 +260,23 @@ async def run_partitions(args: argparse.Namespace) -> dict[str, Any]:
         await parted.drop()
 
 
+async def run_peers(args: argparse.Namespace) -> dict[str, Any]:
+    """Section 11: eventworker end to end against bare arq + SQLAlchemy Core and SAQ, same run."""
+    events = args.events if args.events is not None else size(args, "peers_events")
+    contenders = {
+        "eventworker": bench_database("peers_ew", args.pg_url),
+        "arq + Core": bench_database("peers_arq", args.pg_url),
+        "SAQ + Core": bench_database("peers_saq", args.pg_url),
+    }
+    try:
+        for db in contenders.values():
+            await db.create()
+        return await peers(contenders, replace(ingest_options(args), events=events))
+    finally:
+        for db in contenders.values():
+            await db.drop()
+
+
 RUNNERS = {
     "ingest": run_ingest,
     "job": run_job,
@@ -266,6 +288,7 @@ RUNNERS = {
     "durability": run_durability,
     "tracing": run_tracing,
     "partitions": run_partitions,
+    "peers": run_peers,
 }
 
 
@@ -325,7 +348,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--soak", type=float, metavar="SECONDS", help="add the soak, this long (e.g. 600)")
     parser.add_argument("--soak-rate", type=float, default=2000, help="events/s during the soak (2000)")
     parser.add_argument(
-        "--events", type=int, help="events end to end (1000000, pgbouncer 300000, tracing 200000; smoke 2000)"
+        "--events",
+        type=int,
+        help="events end to end (1000000, pgbouncer 300000, tracing and peers 200000; smoke 2000)",
     )
     parser.add_argument("--batch-size", type=int, help="events per ingest job (1000; smoke 200)")
     parser.add_argument("--runs", type=int, help="timed runs each way (3, tracing 5; smoke 1)")

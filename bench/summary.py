@@ -370,6 +370,34 @@ def partitions_rows(result: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def peers_rows(result: dict[str, Any]) -> list[Row]:
+    """Section 11: eventworker end to end against each peer (median of the rounds), and the faster one."""
+    rates, cpu = result["events_per_s"], result["worker_cpu_us_per_event"]
+    ours = f"{rates['eventworker']:,} ev/s ({cpu['eventworker']:.1f} µs CPU/ev)"
+    rows = [
+        Row(
+            "11 peers",
+            f"end to end, {result['events']:,} events, vs {peer} ({result['runs']} rounds)",
+            ours,
+            f"{peer} {rates[peer]:,} ev/s ({cpu[peer]:.1f} µs CPU/ev)",
+            round(rates["eventworker"] / rates[peer], 3),
+        )
+        for peer in ("arq + Core", "SAQ + Core")
+    ]
+    rows.append(
+        Row(
+            "11 peers",
+            "end to end vs the faster peer",
+            f"{rates['eventworker']:,} ev/s",
+            f"{result['faster_peer']} {rates[result['faster_peer']]:,} ev/s",
+            result["ratio"],
+            f">= {result['target']:.2f}x",
+            result["met"],
+        )
+    )
+    return rows
+
+
 ROWS = {
     "ingest": ingest_rows,
     "job": job_rows,
@@ -381,6 +409,7 @@ ROWS = {
     "durability": durability_rows,
     "tracing": tracing_rows,
     "partitions": partitions_rows,
+    "peers": peers_rows,
 }
 
 

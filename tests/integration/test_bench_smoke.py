@@ -23,6 +23,7 @@ SECTIONS = {
     "durability",
     "tracing",
     "partitions",
+    "peers",
 }
 
 
