@@ -20,12 +20,14 @@ fails the section instead of giving a figure. The contenders run in turn within 
 order turned by one each round; each figure is the median over the rounds, and the ratio is
 eventworker's events/s over the faster peer's (target: 1.75x). The worker's CPU per event comes
 from ``/proc/<pid>/stat``: what it used from the first enqueue to the end of the run (its
-start-up, read once it was polling its queue, left out), over the events sent.
+start-up, read once it was polling its queue, left out), over the events sent; the database's
+CPU per event is its backends' (:class:`ServerCPU`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -55,6 +57,51 @@ _COMMANDS = {
     "arq + Core": ("-m", "bench.peer_workers.arq_core"),
     "SAQ + Core": ("-m", "saq", "bench.peer_workers.saq_core.settings"),
 }
+
+
+class ServerCPU:
+    """CPU used by the PostgreSQL backends serving one database, sampled from ``/proc`` while it runs.
+
+    Each backend's CPU from when it was first seen (every ``interval`` s, through
+    ``pg_stat_activity``) to when it was last seen: a backend that comes and goes between two
+    samples is missed, the rest of the server (WAL writer, checkpointer) is not counted.
+    """
+
+    def __init__(self, db: BenchDatabase, interval: float = 0.2) -> None:
+        self.db, self.interval = db, interval
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        import asyncpg
+
+        connection = await asyncpg.connect(self.db.admin_url)
+        try:
+            while True:
+                query = "SELECT pid FROM pg_stat_activity WHERE datname = $1"
+                for record in await connection.fetch(query, self.db.name):
+                    pid = int(record["pid"])
+                    used = cpu_seconds(pid)
+                    if used:
+                        self._first.setdefault(pid, used)
+                        self._last[pid] = used
+                await asyncio.sleep(self.interval)
+        finally:
+            await connection.close()
+
+    def start(self) -> ServerCPU:
+        """Start sampling."""
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def stop(self) -> float:
+        """Stop sampling; the backends' CPU seconds."""
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        return sum(self._last[pid] - self._first[pid] for pid in self._last)
 
 
 def _order(run: int) -> list[str]:
@@ -193,11 +240,17 @@ async def _one(
 ) -> dict[str, Any]:
     db = databases[contender]
     await db.empty()
-    if contender == "eventworker":
-        outcome = await one_end_to_end(db, options, batch_json, f"peers-{run}")
-        outcome["distinct"] = (await identities(db))[1]
-        return outcome
-    return await one_peer(db, options, contender, batch_json, run)
+    server = ServerCPU(db).start()
+    try:
+        if contender == "eventworker":
+            outcome = await one_end_to_end(db, options, batch_json, f"peers-{run}")
+            outcome["distinct"] = (await identities(db))[1]
+        else:
+            outcome = await one_peer(db, options, contender, batch_json, run)
+    finally:
+        server_cpu = await server.stop()
+    outcome["server_cpu_s"] = round(server_cpu, 3)
+    return outcome
 
 
 async def peers(databases: dict[str, BenchDatabase], options: IngestOptions) -> dict[str, Any]:
@@ -239,6 +292,11 @@ async def peers(databases: dict[str, BenchDatabase], options: IngestOptions) -> 
         },
         "worker_startup_cpu_s": {
             c: median(d["worker_startup_cpu_s"] for d in details[c]) for c in CONTENDERS
+        },
+        # The database's backends over the whole run (the worker's start-up and the final count included).
+        "server_cpu_us_per_event": {
+            c: round(median(d["server_cpu_s"] / options.events * 1e6 for d in details[c]), 1)
+            for c in CONTENDERS
         },
         "worker_peak_rss_mib": {c: max(d["worker_peak_rss_mib"] for d in details[c]) for c in CONTENDERS},
         "faster_peer": faster,
