@@ -230,11 +230,20 @@ class SentinelGroup:
         return [NODE_PASSWORD, SENTINEL_PASSWORD]
 
     def start(self) -> None:
-        for node in self.nodes:
-            node.start()
-        for sentinel in self.sentinels:
-            self._start_sentinel(sentinel)
-        self.wait_healthy()
+        """Start the nodes and the sentinels, and wait until the group is healthy.
+
+        If any of it fails (redis-sentinel not installed, a port taken), whatever did start is
+        stopped: a failed start left redis-server processes running after the run.
+        """
+        try:
+            for node in self.nodes:
+                node.start()
+            for sentinel in self.sentinels:
+                self._start_sentinel(sentinel)
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
 
     @staticmethod
     def _start_sentinel(sentinel: RedisNode) -> None:
